@@ -1,0 +1,1070 @@
+//! [`Node`]: the one state machine a host drives (DESIGN §3).
+//!
+//! The host feeds [`Input`]s with the current time and drains [`Output`]s.
+//! The node never blocks, reads no clock and touches no socket.
+//!
+//! Ordering rules that keep data safe:
+//! - A local change is handed to the host to persist first; it enters the
+//!   log and leaves the device only after the host acknowledges it
+//!   ([`Input::Persisted`]). So a crash can never make this replica reuse a
+//!   seq for different content (an equivocation).
+//! - Remote envelopes are verified before they are stored, forwarded or
+//!   applied; bad ones are reported as events and dropped.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use aes_gcm::Aes256Gcm;
+use minicbor::bytes::ByteVec;
+
+use crate::crypto::{
+    self, CryptoError, DocKey, DocKeys, Identity, Rng, open_transport, seal_transport,
+    transport_cipher,
+};
+use crate::id::{DocId, PeerId, RoomId};
+use crate::log::{DocLog, Inserted};
+use crate::sync::{Session, SyncConfig};
+use crate::time::Timestamp;
+use crate::wire::{
+    DirectFrame, Envelope, EnvelopeKind, PeerTag, RelayEvent, RelayRequest, SyncMessage,
+    VersionVector, WireError, decode_frame, encode_frame,
+};
+
+/// A link as the host numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LinkId(pub u64);
+
+/// What is at the other end of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A relay: frames are [`RelayRequest`] / [`RelayEvent`]; many rooms, many peers.
+    Relay,
+    /// One peer directly (WebRTC data channel, in-process pipe): [`DirectFrame`]s.
+    Direct,
+}
+
+/// How much of a document this node may see.
+#[derive(Debug, Clone)]
+pub enum DocAccess {
+    /// The key: read, write, apply.
+    Full(DocKey),
+    /// Blind pinning: store and serve envelopes, never read them.
+    Blind(RoomId),
+}
+
+/// Configuration of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node pins documents for others: its vectors count for
+    /// `stored-remotely`, and it advertises only what it persisted.
+    pub pinning: bool,
+    /// Largest frame this node sends or accepts.
+    pub max_frame: usize,
+    pub sync: SyncConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            pinning: false,
+            max_frame: crate::wire::MAX_FRAME,
+            sync: SyncConfig::default(),
+        }
+    }
+}
+
+/// What the host tells the node.
+#[derive(Debug, Clone)]
+pub enum Input {
+    LinkUp { link: LinkId, kind: LinkKind },
+    LinkDown { link: LinkId },
+    Received { link: LinkId, bytes: Vec<u8> },
+    /// The app made a change (an Automerge change's bytes).
+    LocalChange { doc: DocId, change: Vec<u8> },
+    /// The host stored every `Persist` batch of `doc` up to `batch`.
+    Persisted { doc: DocId, batch: u64 },
+    /// A timer the node asked for ([`Output::WakeAt`]) fired, or any time.
+    Tick,
+}
+
+/// What the node asks the host to do.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Send {
+        link: LinkId,
+        bytes: Vec<u8>,
+    },
+    /// Append these envelopes to the store, then answer [`Input::Persisted`].
+    Persist {
+        doc: DocId,
+        batch: u64,
+        records: Vec<Envelope>,
+    },
+    /// Verified, decrypted changes, in order per author.
+    Apply {
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
+    },
+    Event(Event),
+    /// Call `handle(now, Input::Tick)` at this time.
+    WakeAt(Timestamp),
+}
+
+/// Things the app or operator may want to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This replica's changes up to `upto` are durable in the local store.
+    SavedLocally { doc: DocId, upto: u64 },
+    /// This replica's changes up to `upto` have left the device.
+    Sent { doc: DocId, upto: u64 },
+    /// This replica's changes up to `upto` are held by at least `copies`
+    /// pinning nodes.
+    StoredRemotely { doc: DocId, upto: u64, copies: usize },
+    /// A peer introduced itself in a document's room.
+    PeerSeen {
+        doc: DocId,
+        peer: PeerId,
+        pinning: bool,
+    },
+    /// An author signed two envelopes for one position; the first is kept.
+    Equivocation {
+        doc: DocId,
+        author: PeerId,
+        seq: u64,
+    },
+    /// An envelope from the network was refused.
+    Rejected { doc: DocId, reason: NodeError },
+    /// The relay reported an error.
+    RelayError {
+        link: LinkId,
+        code: u16,
+        message: String,
+    },
+}
+
+/// Errors of [`Node`] calls. Bad network input is an error value, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeError {
+    UnknownDoc(DocId),
+    UnknownLink(LinkId),
+    /// The document is pinned blindly: it cannot be changed or read here.
+    Blind(DocId),
+    /// Open twice with different access.
+    AlreadyOpen(DocId),
+    Wire(WireError),
+    Crypto(CryptoError),
+    /// A peer sent an envelope signed with this replica's own identity at a
+    /// position it never wrote: the identity is in use elsewhere.
+    OwnSeqConflict { seq: u64 },
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::UnknownDoc(d) => write!(f, "document {d} is not open"),
+            NodeError::UnknownLink(l) => write!(f, "link {} is not up", l.0),
+            NodeError::Blind(d) => {
+                write!(f, "document {d} is pinned without its key: it cannot be read or changed here")
+            }
+            NodeError::AlreadyOpen(d) => write!(f, "document {d} is already open"),
+            NodeError::Wire(e) => write!(f, "{e}"),
+            NodeError::Crypto(e) => write!(f, "{e}"),
+            NodeError::OwnSeqConflict { seq } => write!(
+                f,
+                "a peer holds change {seq} signed by this replica's identity, which it never wrote: the identity is in use elsewhere"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for NodeError {}
+
+impl From<WireError> for NodeError {
+    fn from(e: WireError) -> Self {
+        NodeError::Wire(e)
+    }
+}
+impl From<CryptoError> for NodeError {
+    fn from(e: CryptoError) -> Self {
+        NodeError::Crypto(e)
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub frames_rejected: u64,
+    pub envelopes_received: u64,
+    pub envelopes_duplicate: u64,
+    pub envelopes_rejected: u64,
+}
+
+/// Where a session's frames go: a direct link, or a peer behind a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Route {
+    link: LinkId,
+    tag: Option<PeerTag>,
+}
+
+struct DocState {
+    room: RoomId,
+    keys: Option<DocKeys>,
+    transport: Aes256Gcm,
+    log: DocLog,
+    sessions: BTreeMap<Route, Session>,
+    /// Own envelopes handed to the host, not yet acknowledged: (batch, envelope).
+    unsaved_local: VecDeque<(u64, Envelope)>,
+    /// Remote envelopes handed to the host, not yet acknowledged.
+    unsaved_remote: VecDeque<(u64, Envelope)>,
+    next_persist_batch: u64,
+    next_local_seq: u64,
+    persisted: VersionVector,
+    sent_upto: u64,
+    /// Pinning peers -> highest own seq they hold.
+    pinned_by: BTreeMap<PeerId, u64>,
+    /// stored_remotely[k-1] = highest own seq held by >= k pinners (as last reported).
+    stored_reported: Vec<u64>,
+}
+
+impl fmt::Debug for DocState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocState")
+            .field("room", &self.room)
+            .field("envelopes", &self.log.len())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct LinkState {
+    kind: LinkKind,
+    /// Relay links: rooms joined (Some(own tag)) or asked for (None).
+    rooms: BTreeMap<RoomId, Option<PeerTag>>,
+}
+
+/// The sans-IO node. See the [crate docs](crate) for an example.
+pub struct Node {
+    identity: Identity,
+    config: NodeConfig,
+    rng: Rng,
+    now: Timestamp,
+    docs: BTreeMap<DocId, DocState>,
+    rooms: BTreeMap<RoomId, DocId>,
+    links: BTreeMap<LinkId, LinkState>,
+    outputs: VecDeque<Output>,
+    wake_at: Option<Timestamp>,
+    stats: NodeStats,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("peer", &self.identity.peer_id())
+            .field("docs", &self.docs.len())
+            .field("links", &self.links.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// `seed` must be fresh randomness from the host on every start (nonces
+    /// come from it).
+    pub fn new(identity: Identity, config: NodeConfig, seed: [u8; 32]) -> Node {
+        Node {
+            identity,
+            config,
+            rng: Rng::from_seed(seed),
+            now: Timestamp(0),
+            docs: BTreeMap::new(),
+            rooms: BTreeMap::new(),
+            links: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            wake_at: None,
+            stats: NodeStats::default(),
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.identity.peer_id()
+    }
+
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// Randomness for the host's own needs (new document ids and keys), so
+    /// a seeded run stays reproducible.
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Opens a document with the envelopes the host loaded from its store
+    /// (as persisted earlier, any order). With the key, their changes come
+    /// out as one [`Output::Apply`].
+    pub fn open_doc<'a>(
+        &mut self,
+        now: Timestamp,
+        doc: DocId,
+        access: DocAccess,
+        stored: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), NodeError> {
+        self.now = now;
+        if self.docs.contains_key(&doc) {
+            return Err(NodeError::AlreadyOpen(doc));
+        }
+        let (room, keys) = match access {
+            DocAccess::Full(key) => {
+                let keys = DocKeys::new(doc, key);
+                (keys.room(), Some(keys))
+            }
+            DocAccess::Blind(room) => (room, None),
+        };
+        let mut state = DocState {
+            room,
+            transport: keys
+                .as_ref()
+                .map_or_else(|| transport_cipher(&doc, &room), |k| k.transport().clone()),
+            keys,
+            log: DocLog::new(room),
+            sessions: BTreeMap::new(),
+            unsaved_local: VecDeque::new(),
+            unsaved_remote: VecDeque::new(),
+            next_persist_batch: 1,
+            next_local_seq: 1,
+            persisted: VersionVector::default(),
+            sent_upto: 0,
+            pinned_by: BTreeMap::new(),
+            stored_reported: Vec::new(),
+        };
+        let me = self.identity.peer_id();
+        let mut changes = Vec::new();
+        for bytes in stored {
+            // The store is ours and checksummed: structure is checked, the
+            // signature was checked when the envelope first arrived.
+            let env = Envelope::decode(bytes)?;
+            if let Inserted::New { ready } = state.log.insert(env) {
+                for env in ready {
+                    if let Some(keys) = state.keys.as_mut() {
+                        changes.push(keys.decrypt_verified(&env)?);
+                    }
+                }
+            }
+        }
+        state.persisted = state.log.vector();
+        state.next_local_seq = state.log.contiguous(&me) + 1;
+        // What we stored was sent before or will be streamed on sync.
+        state.sent_upto = 0;
+        self.rooms.insert(room, doc);
+        self.docs.insert(doc, state);
+        if !changes.is_empty() {
+            self.outputs.push_back(Output::Apply { doc, changes });
+        }
+        let links: Vec<(LinkId, LinkKind)> =
+            self.links.iter().map(|(l, s)| (*l, s.kind)).collect();
+        for (link, kind) in links {
+            self.attach(link, kind, doc);
+        }
+        self.schedule();
+        Ok(())
+    }
+
+    /// Forgets a document (its store is the host's business). Leaves its rooms.
+    pub fn close_doc(&mut self, doc: DocId) -> Result<(), NodeError> {
+        let state = self.docs.remove(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        self.rooms.remove(&state.room);
+        let relay_links: Vec<LinkId> = self
+            .links
+            .iter_mut()
+            .filter(|(_, l)| l.kind == LinkKind::Relay)
+            .filter_map(|(id, l)| l.rooms.remove(&state.room).map(|_| *id))
+            .collect();
+        for link in relay_links {
+            self.send_relay(link, &RelayRequest::Leave { room: state.room });
+        }
+        Ok(())
+    }
+
+    /// The document's version vector (in memory).
+    pub fn vector(&self, doc: DocId) -> Option<VersionVector> {
+        self.docs.get(&doc).map(|d| d.log.vector())
+    }
+
+    /// The document's envelopes.
+    pub fn log(&self, doc: DocId) -> Option<&DocLog> {
+        self.docs.get(&doc).map(|d| &d.log)
+    }
+
+    pub fn room(&self, doc: DocId) -> Option<RoomId> {
+        self.docs.get(&doc).map(|d| d.room)
+    }
+
+    /// Peers known in a document's room and their latest vectors.
+    pub fn peers(&self, doc: DocId) -> Vec<(PeerId, VersionVector, bool)> {
+        self.docs.get(&doc).map_or_else(Vec::new, |d| {
+            d.sessions
+                .values()
+                .filter_map(|s| {
+                    s.remote_peer
+                        .map(|p| (p, s.remote_vector.clone(), s.remote_pinning))
+                })
+                .collect()
+        })
+    }
+
+    /// Feeds one input.
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), NodeError> {
+        self.now = self.now.max(now);
+        let result = match input {
+            Input::LinkUp { link, kind } => {
+                self.links.insert(
+                    link,
+                    LinkState {
+                        kind,
+                        rooms: BTreeMap::new(),
+                    },
+                );
+                let docs: Vec<DocId> = self.docs.keys().copied().collect();
+                for doc in docs {
+                    self.attach(link, kind, doc);
+                }
+                Ok(())
+            }
+            Input::LinkDown { link } => {
+                self.links.remove(&link);
+                for d in self.docs.values_mut() {
+                    d.sessions.retain(|r, _| r.link != link);
+                }
+                Ok(())
+            }
+            Input::Received { link, bytes } => self.on_received(link, &bytes),
+            Input::LocalChange { doc, change } => self.on_local_change(doc, &change),
+            Input::Persisted { doc, batch } => self.on_persisted(doc, batch),
+            Input::Tick => {
+                self.on_tick();
+                Ok(())
+            }
+        };
+        self.schedule();
+        result
+    }
+
+    /// Drains one output.
+    pub fn poll(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    // ---- links -------------------------------------------------------
+
+    fn attach(&mut self, link: LinkId, kind: LinkKind, doc: DocId) {
+        let Some(state) = self.docs.get(&doc) else {
+            return;
+        };
+        let room = state.room;
+        match kind {
+            LinkKind::Relay => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.rooms.insert(room, None);
+                }
+                self.send_relay(link, &RelayRequest::Join { room });
+            }
+            LinkKind::Direct => {
+                let route = Route { link, tag: None };
+                self.start_session(doc, route);
+            }
+        }
+    }
+
+    fn start_session(&mut self, doc: DocId, route: Route) {
+        if let Some(state) = self.docs.get_mut(&doc) {
+            state.sessions.entry(route).or_default();
+            self.send_have(doc, route);
+        }
+    }
+
+    fn send_relay(&mut self, link: LinkId, req: &RelayRequest) {
+        let bytes = encode_frame(req);
+        self.stats.frames_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        self.outputs.push_back(Output::Send { link, bytes });
+    }
+
+    /// Seals a sync message and sends it along `route`.
+    fn send_sync(&mut self, doc: DocId, route: Route, msg: &SyncMessage) {
+        let Some(state) = self.docs.get(&doc) else {
+            return;
+        };
+        let room = state.room;
+        let sealed = seal_transport(&state.transport, &room, &encode_frame(msg), &mut self.rng);
+        match route.tag {
+            Some(to) => self.send_relay(
+                route.link,
+                &RelayRequest::Send {
+                    room,
+                    to,
+                    payload: ByteVec::from(sealed),
+                },
+            ),
+            None => {
+                let bytes = encode_frame(&DirectFrame {
+                    room,
+                    sealed: ByteVec::from(sealed),
+                });
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += bytes.len() as u64;
+                self.outputs.push_back(Output::Send {
+                    link: route.link,
+                    bytes,
+                });
+            }
+        }
+    }
+
+    fn have_message(&self, doc: DocId) -> Option<SyncMessage> {
+        let state = self.docs.get(&doc)?;
+        let vector = if self.config.pinning {
+            state.persisted.clone()
+        } else {
+            state.log.vector()
+        };
+        Some(SyncMessage::Have {
+            from: self.identity.peer_id(),
+            vector,
+            pinning: self.config.pinning,
+        })
+    }
+
+    fn send_have(&mut self, doc: DocId, route: Route) {
+        let Some(msg) = self.have_message(doc) else {
+            return;
+        };
+        self.send_sync(doc, route, &msg);
+        let now = self.now;
+        if let Some(s) = self
+            .docs
+            .get_mut(&doc)
+            .and_then(|d| d.sessions.get_mut(&route))
+        {
+            s.note_have_sent(now);
+        }
+    }
+
+    // ---- receiving ---------------------------------------------------
+
+    fn on_received(&mut self, link: LinkId, bytes: &[u8]) -> Result<(), NodeError> {
+        let kind = self
+            .links
+            .get(&link)
+            .ok_or(NodeError::UnknownLink(link))?
+            .kind;
+        self.stats.frames_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let result = match kind {
+            LinkKind::Relay => {
+                let event: RelayEvent = decode_frame(bytes, self.config.max_frame)?;
+                self.on_relay_event(link, event)
+            }
+            LinkKind::Direct => {
+                let frame: DirectFrame = decode_frame(bytes, self.config.max_frame)?;
+                match self.rooms.get(&frame.room) {
+                    Some(doc) => {
+                        let doc = *doc;
+                        let route = Route { link, tag: None };
+                        self.on_sealed(doc, route, &frame.sealed)
+                    }
+                    // A room we do not hold: the peer shares other documents.
+                    None => Ok(()),
+                }
+            }
+        };
+        if result.is_err() {
+            self.stats.frames_rejected += 1;
+        }
+        result
+    }
+
+    fn on_relay_event(&mut self, link: LinkId, event: RelayEvent) -> Result<(), NodeError> {
+        match event {
+            RelayEvent::Joined { room, you, peers } => {
+                let Some(&doc) = self.rooms.get(&room) else {
+                    return Ok(());
+                };
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.rooms.insert(room, Some(you));
+                }
+                for peer in peers {
+                    if peer != you {
+                        self.start_session(doc, Route { link, tag: Some(peer) });
+                    }
+                }
+            }
+            RelayEvent::PeerJoined { room, peer } => {
+                if let Some(&doc) = self.rooms.get(&room) {
+                    self.start_session(doc, Route { link, tag: Some(peer) });
+                }
+            }
+            RelayEvent::PeerLeft { room, peer } => {
+                if let Some(doc) = self.rooms.get(&room).and_then(|d| self.docs.get_mut(d)) {
+                    doc.sessions.remove(&Route {
+                        link,
+                        tag: Some(peer),
+                    });
+                }
+            }
+            RelayEvent::Message {
+                room,
+                from,
+                payload,
+            } => {
+                if let Some(&doc) = self.rooms.get(&room) {
+                    let route = Route {
+                        link,
+                        tag: Some(from),
+                    };
+                    if let Some(state) = self.docs.get_mut(&doc) {
+                        state.sessions.entry(route).or_default();
+                    }
+                    return self.on_sealed(doc, route, &payload);
+                }
+            }
+            RelayEvent::Error { code, message } => {
+                self.outputs
+                    .push_back(Output::Event(Event::RelayError { link, code, message }));
+            }
+            RelayEvent::Pong { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn on_sealed(&mut self, doc: DocId, route: Route, sealed: &[u8]) -> Result<(), NodeError> {
+        let state = self.docs.get(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let plain = open_transport(&state.transport, &state.room, sealed)?;
+        let msg: SyncMessage = decode_frame(&plain, self.config.max_frame)?;
+        match msg {
+            SyncMessage::Have {
+                from,
+                vector,
+                pinning,
+            } => self.on_have(doc, route, from, vector, pinning),
+            SyncMessage::Envelopes { batch, envelopes } => {
+                self.on_envelopes(doc, route, &envelopes);
+                if batch > 0 {
+                    self.send_sync(doc, route, &SyncMessage::Ack { batch });
+                }
+                Ok(())
+            }
+            SyncMessage::Ack { batch } => {
+                if let Some(s) = self
+                    .docs
+                    .get_mut(&doc)
+                    .and_then(|d| d.sessions.get_mut(&route))
+                {
+                    s.on_ack(batch);
+                }
+                self.pump(doc, route);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_have(
+        &mut self,
+        doc: DocId,
+        route: Route,
+        from: PeerId,
+        vector: VersionVector,
+        pinning: bool,
+    ) -> Result<(), NodeError> {
+        let me = self.identity.peer_id();
+        let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let session = state.sessions.entry(route).or_default();
+        let first = !session.have_received();
+        let pinned_upto = vector.get(&me);
+        session.on_have(from, vector, pinning);
+        if first {
+            self.outputs.push_back(Output::Event(Event::PeerSeen {
+                doc,
+                peer: from,
+                pinning,
+            }));
+        }
+        if pinning {
+            let e = state.pinned_by.entry(from).or_insert(0);
+            *e = (*e).max(pinned_upto);
+            self.report_stored(doc);
+        }
+        self.pump(doc, route);
+        Ok(())
+    }
+
+    fn on_envelopes(&mut self, doc: DocId, route: Route, envelopes: &[ByteVec]) {
+        let mut changes = Vec::new();
+        let mut ready_all = Vec::new();
+        for bytes in envelopes {
+            self.stats.envelopes_received += 1;
+            match self.accept_envelope(doc, bytes) {
+                Ok(ready) => {
+                    if let Some(state) = self.docs.get_mut(&doc) {
+                        for env in &ready {
+                            if let Some(keys) = state.keys.as_mut() {
+                                match keys.decrypt_verified(env) {
+                                    Ok(c) => changes.push(c),
+                                    Err(e) => self.outputs.push_back(Output::Event(
+                                        Event::Rejected {
+                                            doc,
+                                            reason: e.into(),
+                                        },
+                                    )),
+                                }
+                            }
+                        }
+                    }
+                    ready_all.extend(ready);
+                }
+                Err(reason) => {
+                    self.stats.envelopes_rejected += 1;
+                    self.outputs
+                        .push_back(Output::Event(Event::Rejected { doc, reason }));
+                }
+            }
+        }
+        if !changes.is_empty() {
+            self.outputs.push_back(Output::Apply { doc, changes });
+        }
+        if !ready_all.is_empty() {
+            self.persist_remote(doc, ready_all);
+            // Forward along direct links (a mesh); relay rooms already saw
+            // the push, and anti-entropy repairs the rest.
+            let direct: Vec<Route> = self
+                .docs
+                .get(&doc)
+                .map(|d| {
+                    d.sessions
+                        .keys()
+                        .filter(|r| r.tag.is_none() && **r != route)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for r in direct {
+                self.pump(doc, r);
+            }
+        }
+    }
+
+    /// Decodes, verifies and inserts one envelope; returns what became ready.
+    fn accept_envelope(&mut self, doc: DocId, bytes: &[u8]) -> Result<Vec<Envelope>, NodeError> {
+        let env = Envelope::decode(bytes)?;
+        let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        if env.header().room != state.room {
+            return Err(CryptoError::WrongRoom.into());
+        }
+        if env.author() == self.identity.peer_id() && env.seq() >= state.next_local_seq {
+            // Our own identity at a position we never wrote: a clone of this
+            // identity elsewhere, or lost local state. Refuse rather than
+            // later overwrite it with different content.
+            return Err(NodeError::OwnSeqConflict { seq: env.seq() });
+        }
+        if state.log.get(&env.author(), env.seq()).map(|e| e.id()) == Some(env.id()) {
+            self.stats.envelopes_duplicate += 1;
+            return Ok(Vec::new());
+        }
+        crypto::verify_envelope(&env)?;
+        match state.log.insert(env) {
+            Inserted::New { ready } => Ok(ready),
+            Inserted::Duplicate => {
+                self.stats.envelopes_duplicate += 1;
+                Ok(Vec::new())
+            }
+            Inserted::Equivocation { author, seq } => {
+                self.outputs.push_back(Output::Event(Event::Equivocation {
+                    doc,
+                    author,
+                    seq,
+                }));
+                Ok(Vec::new())
+            }
+            Inserted::WrongRoom => Err(CryptoError::WrongRoom.into()),
+        }
+    }
+
+    // ---- local changes and persistence -------------------------------
+
+    fn on_local_change(&mut self, doc: DocId, change: &[u8]) -> Result<(), NodeError> {
+        let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let keys = state.keys.as_mut().ok_or(NodeError::Blind(doc))?;
+        let seq = state.next_local_seq;
+        let env = keys.seal(
+            &self.identity,
+            EnvelopeKind::Change,
+            seq,
+            change,
+            &mut self.rng,
+        )?;
+        state.next_local_seq += 1;
+        let batch = state.next_persist_batch;
+        state.next_persist_batch += 1;
+        state.unsaved_local.push_back((batch, env.clone()));
+        self.outputs.push_back(Output::Persist {
+            doc,
+            batch,
+            records: alloc::vec![env],
+        });
+        Ok(())
+    }
+
+    fn persist_remote(&mut self, doc: DocId, records: Vec<Envelope>) {
+        let Some(state) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let batch = state.next_persist_batch;
+        state.next_persist_batch += 1;
+        for env in &records {
+            state.unsaved_remote.push_back((batch, env.clone()));
+        }
+        self.outputs.push_back(Output::Persist {
+            doc,
+            batch,
+            records,
+        });
+    }
+
+    fn on_persisted(&mut self, doc: DocId, batch: u64) -> Result<(), NodeError> {
+        let me = self.identity.peer_id();
+        let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let mut saved = Vec::new();
+        while let Some((b, _)) = state.unsaved_local.front() {
+            if *b > batch {
+                break;
+            }
+            if let Some((_, env)) = state.unsaved_local.pop_front() {
+                saved.push(env);
+            }
+        }
+        let mut remote_advanced = false;
+        while let Some((b, _)) = state.unsaved_remote.front() {
+            if *b > batch {
+                break;
+            }
+            if let Some((_, env)) = state.unsaved_remote.pop_front() {
+                if env.seq() > state.persisted.get(&env.author()) {
+                    state.persisted.set(env.author(), env.seq());
+                    remote_advanced = true;
+                }
+            }
+        }
+        if let Some(last) = saved.last() {
+            let upto = last.seq();
+            for env in &saved {
+                state.log.insert(env.clone());
+            }
+            state.persisted.set(me, upto);
+            self.outputs
+                .push_back(Output::Event(Event::SavedLocally { doc, upto }));
+            self.push_live(doc, saved);
+        }
+        if remote_advanced && self.config.pinning {
+            // Tell peers at once, so authors learn `stored-remotely`.
+            let routes: Vec<Route> = self
+                .docs
+                .get(&doc)
+                .map(|d| d.sessions.keys().copied().collect())
+                .unwrap_or_default();
+            for r in routes {
+                self.send_have(doc, r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends freshly saved local envelopes to every room and direct peer.
+    fn push_live(&mut self, doc: DocId, envs: Vec<Envelope>) {
+        let Some(state) = self.docs.get(&doc) else {
+            return;
+        };
+        let room = state.room;
+        let me = self.identity.peer_id();
+        let Some(upto) = envs.last().map(Envelope::seq) else {
+            return;
+        };
+        let mut sent = false;
+        // Relay rooms: one publish reaches every member.
+        let relay_links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Some(_))))
+            .map(|(id, _)| *id)
+            .collect();
+        for chunk in chunk_by_bytes(&envs, self.config.sync.batch_bytes) {
+            let msg = SyncMessage::Envelopes {
+                batch: 0,
+                envelopes: chunk.iter().map(|e| ByteVec::from(e.bytes().to_vec())).collect(),
+            };
+            let Some(state) = self.docs.get(&doc) else {
+                return;
+            };
+            let plain = encode_frame(&msg);
+            for link in &relay_links {
+                let sealed = seal_transport(&state.transport, &room, &plain, &mut self.rng);
+                let bytes = encode_frame(&RelayRequest::Publish {
+                    room,
+                    payload: ByteVec::from(sealed),
+                });
+                self.stats.frames_out += 1;
+                self.stats.bytes_out += bytes.len() as u64;
+                self.outputs.push_back(Output::Send { link: *link, bytes });
+                sent = true;
+            }
+        }
+        if let Some(state) = self.docs.get_mut(&doc) {
+            for (route, s) in state.sessions.iter_mut() {
+                if route.tag.is_some() && relay_links.contains(&route.link) {
+                    for e in &envs {
+                        s.pushed(me, e.seq());
+                    }
+                }
+            }
+        }
+        // Direct peers: their streams carry it (flow-controlled).
+        let direct: Vec<Route> = self
+            .docs
+            .get(&doc)
+            .map(|d| d.sessions.keys().filter(|r| r.tag.is_none()).copied().collect())
+            .unwrap_or_default();
+        for r in direct {
+            self.pump(doc, r);
+        }
+        if sent {
+            self.note_sent(doc, upto);
+        }
+    }
+
+    fn note_sent(&mut self, doc: DocId, upto: u64) {
+        if let Some(state) = self.docs.get_mut(&doc) {
+            if upto > state.sent_upto {
+                state.sent_upto = upto;
+                self.outputs.push_back(Output::Event(Event::Sent { doc, upto }));
+            }
+        }
+    }
+
+    fn report_stored(&mut self, doc: DocId) {
+        let Some(state) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let mut held: Vec<u64> = state.pinned_by.values().copied().filter(|s| *s > 0).collect();
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        for (i, upto) in held.iter().enumerate() {
+            let before = state.stored_reported.get(i).copied().unwrap_or(0);
+            if *upto > before {
+                self.outputs.push_back(Output::Event(Event::StoredRemotely {
+                    doc,
+                    upto: *upto,
+                    copies: i + 1,
+                }));
+            }
+        }
+        state.stored_reported = held;
+    }
+
+    // ---- streaming and timers ---------------------------------------
+
+    /// Sends stream batches along `route` while its window allows.
+    fn pump(&mut self, doc: DocId, route: Route) {
+        let me = self.identity.peer_id();
+        let now = self.now;
+        loop {
+            let Some(state) = self.docs.get_mut(&doc) else {
+                return;
+            };
+            let Some(session) = state.sessions.get_mut(&route) else {
+                return;
+            };
+            let Some((batch, envs)) = session.next_batch(&state.log, &self.config.sync, now) else {
+                return;
+            };
+            let own_upto = envs
+                .iter()
+                .filter(|e| e.author() == me)
+                .map(Envelope::seq)
+                .max();
+            let msg = SyncMessage::Envelopes {
+                batch,
+                envelopes: envs.iter().map(|e| ByteVec::from(e.bytes().to_vec())).collect(),
+            };
+            self.send_sync(doc, route, &msg);
+            if let Some(upto) = own_upto {
+                self.note_sent(doc, upto);
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now;
+        let docs: Vec<DocId> = self.docs.keys().copied().collect();
+        for doc in docs {
+            let mut have_due = Vec::new();
+            let mut rewound = Vec::new();
+            if let Some(state) = self.docs.get_mut(&doc) {
+                for (route, s) in state.sessions.iter_mut() {
+                    if s.have_due(now, &self.config.sync) {
+                        have_due.push(*route);
+                    }
+                    if s.check_ack_timeout(now, &self.config.sync) {
+                        rewound.push(*route);
+                    }
+                }
+            }
+            for r in have_due {
+                self.send_have(doc, r);
+            }
+            for r in rewound {
+                self.pump(doc, r);
+            }
+        }
+    }
+
+    /// Asks for a tick at the earliest session deadline, once per change.
+    fn schedule(&mut self) {
+        let next = self
+            .docs
+            .values()
+            .flat_map(|d| d.sessions.values())
+            .filter_map(|s| s.next_deadline(&self.config.sync))
+            .min();
+        if next != self.wake_at {
+            self.wake_at = next;
+            if let Some(t) = next {
+                self.outputs.push_back(Output::WakeAt(t));
+            }
+        }
+    }
+}
+
+/// Splits envelopes into runs of at most `max` bytes (one always fits).
+fn chunk_by_bytes(envs: &[Envelope], max: usize) -> Vec<&[Envelope]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, e) in envs.iter().enumerate() {
+        if i > start && bytes + e.len() > max {
+            out.push(&envs[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += e.len();
+    }
+    if start < envs.len() {
+        out.push(&envs[start..]);
+    }
+    out
+}
