@@ -1,0 +1,241 @@
+//! Automerge documents on top of envelopes (feature `automerge`).
+//!
+//! [`Document`] wraps an Automerge document whose actor id is the replica's
+//! [`PeerId`], so Automerge's (actor, seq) and mycel's (author, seq) name
+//! the same thing. [`Replica`] pairs a [`Node`] with its documents: local
+//! changes become envelopes, and changes the node verified and decrypted
+//! are applied before the output reaches the host.
+
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use automerge::transaction::Transaction;
+use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ReadDoc, TextEncoding};
+
+use crate::crypto::Identity;
+use crate::id::{DocId, PeerId};
+use crate::node::{DocAccess, Event, Input, Node, NodeConfig, NodeError, Output};
+use crate::time::Timestamp;
+
+/// An Automerge document held by one replica.
+pub struct Document {
+    am: Automerge,
+}
+
+impl fmt::Debug for Document {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Document")
+            .field("heads", &self.am.get_heads().len())
+            .finish()
+    }
+}
+
+impl Document {
+    /// An empty document written by `author`. Text positions count Unicode
+    /// code points.
+    pub fn new(author: PeerId) -> Self {
+        Document {
+            am: Automerge::new_with_encoding(TextEncoding::UnicodeCodePoint)
+                .with_actor(ActorId::from(author.as_bytes().as_slice())),
+        }
+    }
+
+    /// Runs `f` in a transaction and commits it. Returns `f`'s value and the
+    /// encoded change (None when `f` changed nothing).
+    pub fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<(T, Option<Vec<u8>>), AutomergeError> {
+        let mut tx = self.am.transaction();
+        let value = match f(&mut tx) {
+            Ok(v) => v,
+            Err(e) => {
+                tx.rollback();
+                return Err(e);
+            }
+        };
+        let (hash, _) = tx.commit();
+        let bytes = hash
+            .and_then(|h| self.am.get_change_by_hash(&h))
+            .map(|c| c.raw_bytes().to_vec());
+        Ok((value, bytes))
+    }
+
+    /// Applies encoded changes (any order: Automerge queues a change until
+    /// its dependencies arrive; duplicates are ignored).
+    pub fn apply(&mut self, changes: Vec<Vec<u8>>) -> Result<(), ReplicaError> {
+        let mut decoded = Vec::with_capacity(changes.len());
+        for c in changes {
+            decoded.push(Change::from_bytes(c).map_err(|e| ReplicaError::BadChange(e.to_string()))?);
+        }
+        Ok(self.am.apply_changes(decoded)?)
+    }
+
+    pub fn heads(&self) -> Vec<ChangeHash> {
+        self.am.get_heads()
+    }
+
+    /// The Automerge document, for reading.
+    pub fn automerge(&self) -> &Automerge {
+        &self.am
+    }
+
+    /// Plain `.automerge` bytes (interop with other Automerge tools).
+    pub fn save(&self) -> Vec<u8> {
+        self.am.save()
+    }
+}
+
+/// Errors of [`Replica`] calls.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    Node(NodeError),
+    Automerge(AutomergeError),
+    /// Bytes that are not an Automerge change.
+    BadChange(String),
+}
+
+impl fmt::Display for ReplicaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplicaError::Node(e) => write!(f, "{e}"),
+            ReplicaError::Automerge(e) => write!(f, "automerge: {e}"),
+            ReplicaError::BadChange(e) => write!(f, "not an Automerge change: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReplicaError {}
+
+impl From<NodeError> for ReplicaError {
+    fn from(e: NodeError) -> Self {
+        ReplicaError::Node(e)
+    }
+}
+impl From<AutomergeError> for ReplicaError {
+    fn from(e: AutomergeError) -> Self {
+        ReplicaError::Automerge(e)
+    }
+}
+
+/// A [`Node`] with the Automerge documents it holds keys for.
+pub struct Replica {
+    node: Node,
+    docs: BTreeMap<DocId, Document>,
+}
+
+impl fmt::Debug for Replica {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("node", &self.node)
+            .field("docs", &self.docs.len())
+            .finish()
+    }
+}
+
+impl Replica {
+    pub fn new(identity: Identity, config: NodeConfig, seed: [u8; 32]) -> Self {
+        Replica {
+            node: Node::new(identity, config, seed),
+            docs: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+    pub fn node_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+
+    /// Opens a document from its stored envelopes. With the key, the
+    /// Automerge document is rebuilt from them.
+    pub fn open<'a>(
+        &mut self,
+        now: Timestamp,
+        doc: DocId,
+        access: DocAccess,
+        stored: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), ReplicaError> {
+        let full = matches!(access, DocAccess::Full(_));
+        self.node.open_doc(now, doc, access, stored)?;
+        if full {
+            self.docs.insert(doc, Document::new(self.node.peer_id()));
+        }
+        Ok(())
+    }
+
+    pub fn doc(&self, doc: DocId) -> Option<&Document> {
+        self.docs.get(&doc)
+    }
+
+    /// Makes a local change: runs `f` on the document and hands the change
+    /// to the node (sealed, persisted, then sent).
+    pub fn change<T>(
+        &mut self,
+        now: Timestamp,
+        doc: DocId,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
+    ) -> Result<T, ReplicaError> {
+        let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let (value, change) = d.change(f)?;
+        if let Some(change) = change {
+            self.node.handle(now, Input::LocalChange { doc, change })?;
+        }
+        Ok(value)
+    }
+
+    pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), NodeError> {
+        self.node.handle(now, input)
+    }
+
+    /// The node's next output. `Apply` outputs are applied to the document
+    /// before they are returned (so the host may refresh its view); a change
+    /// Automerge refuses comes out as a `Rejected` event instead.
+    pub fn poll(&mut self) -> Option<Output> {
+        let out = self.node.poll()?;
+        if let Output::Apply { doc, changes } = &out {
+            if let Some(d) = self.docs.get_mut(doc) {
+                if let Err(e) = d.apply(changes.clone()) {
+                    return Some(Output::Event(Event::Rejected {
+                        doc: *doc,
+                        reason: NodeError::BadChange(e.to_string()),
+                    }));
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use automerge::ROOT;
+    use automerge::transaction::Transactable;
+
+    #[test]
+    fn changes_round_trip_between_documents() {
+        let mut a = Document::new(PeerId([1; 32]));
+        let mut b = Document::new(PeerId([2; 32]));
+        let (_, c1) = a.change(|tx| tx.put(ROOT, "title", "hello")).unwrap();
+        let (_, c2) = a.change(|tx| tx.put(ROOT, "n", 3i64)).unwrap();
+        // Out of order: Automerge waits for the dependency.
+        b.apply(vec![c2.unwrap()]).unwrap();
+        b.apply(vec![c1.unwrap()]).unwrap();
+        assert_eq!(a.heads(), b.heads());
+        let (v, _) = b.automerge().get(ROOT, "title").unwrap().unwrap();
+        assert_eq!(v.into_string().ok().as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn garbage_change_is_an_error() {
+        let mut a = Document::new(PeerId([1; 32]));
+        assert!(a.apply(vec![vec![1, 2, 3]]).is_err());
+    }
+}

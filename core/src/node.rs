@@ -160,6 +160,8 @@ pub enum NodeError {
     /// A peer sent an envelope signed with this replica's own identity at a
     /// position it never wrote: the identity is in use elsewhere.
     OwnSeqConflict { seq: u64 },
+    /// A decrypted change that the document refused (Automerge's reason).
+    BadChange(String),
 }
 
 impl fmt::Display for NodeError {
@@ -173,6 +175,7 @@ impl fmt::Display for NodeError {
             NodeError::AlreadyOpen(d) => write!(f, "document {d} is already open"),
             NodeError::Wire(e) => write!(f, "{e}"),
             NodeError::Crypto(e) => write!(f, "{e}"),
+            NodeError::BadChange(e) => write!(f, "a change was refused by the document: {e}"),
             NodeError::OwnSeqConflict { seq } => write!(
                 f,
                 "a peer holds change {seq} signed by this replica's identity, which it never wrote: the identity is in use elsewhere"
