@@ -61,7 +61,10 @@ impl fmt::Display for CryptoError {
             ),
             CryptoError::UnknownEpoch(e) => write!(f, "no document key is held for epoch {e}"),
             CryptoError::TooLarge { len, max } => {
-                write!(f, "a change of {len} bytes is larger than the maximum of {max}")
+                write!(
+                    f,
+                    "a change of {len} bytes is larger than the maximum of {max}"
+                )
             }
             CryptoError::TransportOpen => {
                 f.write_str("a sync frame could not be opened: wrong document or damaged frame")
@@ -183,10 +186,49 @@ fn signature_digest(header: &[u8], body: &[u8]) -> [u8; 32] {
 pub fn verify_envelope(env: &Envelope) -> Result<(), CryptoError> {
     let key = VerifyingKey::from_bytes(env.header().author.as_bytes())
         .map_err(|_| CryptoError::InvalidAuthorKey)?;
+    verify_with(&key, env)
+}
+
+fn verify_with(key: &VerifyingKey, env: &Envelope) -> Result<(), CryptoError> {
     let digest = signature_digest(env.header_bytes(), env.body());
     let sig = Signature::from_bytes(env.signature());
     key.verify_strict(&digest, &sig)
         .map_err(|_| CryptoError::BadSignature)
+}
+
+/// Verifies envelopes, keeping authors' decompressed public keys: point
+/// decompression is a tenth of a verification, and a document has few
+/// authors. Bounded: a flood of made-up authors only resets the cache.
+#[derive(Default)]
+pub struct Verifier {
+    keys: BTreeMap<PeerId, VerifyingKey>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Verifier({} keys)", self.keys.len())
+    }
+}
+
+impl Verifier {
+    const MAX_KEYS: usize = 4096;
+
+    pub fn verify(&mut self, env: &Envelope) -> Result<(), CryptoError> {
+        let author = env.header().author;
+        let key = match self.keys.get(&author) {
+            Some(k) => *k,
+            None => {
+                let k = VerifyingKey::from_bytes(author.as_bytes())
+                    .map_err(|_| CryptoError::InvalidAuthorKey)?;
+                if self.keys.len() >= Self::MAX_KEYS {
+                    self.keys.clear();
+                }
+                self.keys.insert(author, k);
+                k
+            }
+        };
+        verify_with(&key, env)
+    }
 }
 
 /// The keys of one document: its key per epoch, and the AES-GCM ciphers
@@ -344,7 +386,12 @@ pub fn transport_cipher(doc: &DocId, room: &RoomId) -> Aes256Gcm {
 }
 
 /// Seals a sync frame: `nonce(12) || AES-256-GCM(plaintext, aad = room)`.
-pub fn seal_transport(cipher: &Aes256Gcm, room: &RoomId, plaintext: &[u8], rng: &mut Rng) -> Vec<u8> {
+pub fn seal_transport(
+    cipher: &Aes256Gcm,
+    room: &RoomId,
+    plaintext: &[u8],
+    rng: &mut Rng,
+) -> Vec<u8> {
     let nonce: [u8; 12] = rng.array();
     let mut out = Vec::with_capacity(12 + plaintext.len() + 16);
     out.extend_from_slice(&nonce);
@@ -363,7 +410,11 @@ pub fn seal_transport(cipher: &Aes256Gcm, room: &RoomId, plaintext: &[u8], rng: 
 }
 
 /// Opens a frame sealed by [`seal_transport`].
-pub fn open_transport(cipher: &Aes256Gcm, room: &RoomId, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn open_transport(
+    cipher: &Aes256Gcm,
+    room: &RoomId,
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if sealed.len() < 12 + 16 {
         return Err(CryptoError::TransportOpen);
     }
@@ -424,7 +475,10 @@ mod tests {
         let (keys, _, mut rng) = setup();
         let room = keys.room();
         let sealed = seal_transport(keys.transport(), &room, b"frame", &mut rng);
-        assert_eq!(open_transport(keys.transport(), &room, &sealed).unwrap(), b"frame");
+        assert_eq!(
+            open_transport(keys.transport(), &room, &sealed).unwrap(),
+            b"frame"
+        );
         assert_eq!(
             open_transport(keys.transport(), &RoomId([0; 32]), &sealed),
             Err(CryptoError::TransportOpen)

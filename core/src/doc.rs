@@ -69,7 +69,8 @@ impl Document {
     pub fn apply(&mut self, changes: Vec<Vec<u8>>) -> Result<(), ReplicaError> {
         let mut decoded = Vec::with_capacity(changes.len());
         for c in changes {
-            decoded.push(Change::from_bytes(c).map_err(|e| ReplicaError::BadChange(e.to_string()))?);
+            decoded
+                .push(Change::from_bytes(c).map_err(|e| ReplicaError::BadChange(e.to_string()))?);
         }
         Ok(self.am.apply_changes(decoded)?)
     }

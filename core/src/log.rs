@@ -175,10 +175,17 @@ mod tests {
         let id = Identity::generate(&mut rng);
         let mut keys = DocKeys::new(DocId([1; 16]), DocKey::from_bytes([2; 32]));
         let mut log = DocLog::new(keys.room());
-        let e: Vec<_> = (1..=3).map(|s| sealed(&mut keys, &id, s, &mut rng)).collect();
+        let e: Vec<_> = (1..=3)
+            .map(|s| sealed(&mut keys, &id, s, &mut rng))
+            .collect();
         assert_eq!(log.insert(e[2].clone()), Inserted::New { ready: vec![] });
         assert_eq!(log.vector().get(&id.peer_id()), 0);
-        assert_eq!(log.insert(e[0].clone()), Inserted::New { ready: vec![e[0].clone()] });
+        assert_eq!(
+            log.insert(e[0].clone()),
+            Inserted::New {
+                ready: vec![e[0].clone()]
+            }
+        );
         assert_eq!(
             log.insert(e[1].clone()),
             Inserted::New {

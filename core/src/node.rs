@@ -20,7 +20,7 @@ use aes_gcm::Aes256Gcm;
 use minicbor::bytes::ByteVec;
 
 use crate::crypto::{
-    self, CryptoError, DocKey, DocKeys, Identity, Rng, open_transport, seal_transport,
+    CryptoError, DocKey, DocKeys, Identity, Rng, Verifier, open_transport, seal_transport,
     transport_cipher,
 };
 use crate::id::{DocId, PeerId, RoomId};
@@ -78,13 +78,27 @@ impl Default for NodeConfig {
 /// What the host tells the node.
 #[derive(Debug, Clone)]
 pub enum Input {
-    LinkUp { link: LinkId, kind: LinkKind },
-    LinkDown { link: LinkId },
-    Received { link: LinkId, bytes: Vec<u8> },
+    LinkUp {
+        link: LinkId,
+        kind: LinkKind,
+    },
+    LinkDown {
+        link: LinkId,
+    },
+    Received {
+        link: LinkId,
+        bytes: Vec<u8>,
+    },
     /// The app made a change (an Automerge change's bytes).
-    LocalChange { doc: DocId, change: Vec<u8> },
+    LocalChange {
+        doc: DocId,
+        change: Vec<u8>,
+    },
     /// The host stored every `Persist` batch of `doc` up to `batch`.
-    Persisted { doc: DocId, batch: u64 },
+    Persisted {
+        doc: DocId,
+        batch: u64,
+    },
     /// A timer the node asked for ([`Output::WakeAt`]) fired, or any time.
     Tick,
 }
@@ -122,7 +136,11 @@ pub enum Event {
     Sent { doc: DocId, upto: u64 },
     /// This replica's changes up to `upto` are held by at least `copies`
     /// pinning nodes.
-    StoredRemotely { doc: DocId, upto: u64, copies: usize },
+    StoredRemotely {
+        doc: DocId,
+        upto: u64,
+        copies: usize,
+    },
     /// A peer introduced itself in a document's room.
     PeerSeen {
         doc: DocId,
@@ -159,7 +177,9 @@ pub enum NodeError {
     Crypto(CryptoError),
     /// A peer sent an envelope signed with this replica's own identity at a
     /// position it never wrote: the identity is in use elsewhere.
-    OwnSeqConflict { seq: u64 },
+    OwnSeqConflict {
+        seq: u64,
+    },
     /// A decrypted change that the document refused (Automerge's reason).
     BadChange(String),
 }
@@ -170,7 +190,10 @@ impl fmt::Display for NodeError {
             NodeError::UnknownDoc(d) => write!(f, "document {d} is not open"),
             NodeError::UnknownLink(l) => write!(f, "link {} is not up", l.0),
             NodeError::Blind(d) => {
-                write!(f, "document {d} is pinned without its key: it cannot be read or changed here")
+                write!(
+                    f,
+                    "document {d} is pinned without its key: it cannot be read or changed here"
+                )
             }
             NodeError::AlreadyOpen(d) => write!(f, "document {d} is already open"),
             NodeError::Wire(e) => write!(f, "{e}"),
@@ -248,12 +271,23 @@ impl fmt::Debug for DocState {
     }
 }
 
+/// A relay room as one relay link sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    /// `Join` sent at this time, not yet answered (re-sent if it stays so).
+    Joining(Timestamp),
+    Joined(PeerTag),
+}
+
 #[derive(Debug)]
 struct LinkState {
     kind: LinkKind,
-    /// Relay links: rooms joined (Some(own tag)) or asked for (None).
-    rooms: BTreeMap<RoomId, Option<PeerTag>>,
+    /// Relay links: rooms joined or asked for.
+    rooms: BTreeMap<RoomId, Membership>,
 }
+
+/// How long a `Join` may go unanswered before it is sent again.
+const JOIN_RETRY_MS: u64 = 5_000;
 
 /// The sans-IO node. See the [crate docs](crate) for an example.
 pub struct Node {
@@ -267,6 +301,7 @@ pub struct Node {
     outputs: VecDeque<Output>,
     wake_at: Option<Timestamp>,
     stats: NodeStats,
+    verifier: Verifier,
 }
 
 impl fmt::Debug for Node {
@@ -294,6 +329,7 @@ impl Node {
             outputs: VecDeque::new(),
             wake_at: None,
             stats: NodeStats::default(),
+            verifier: Verifier::default(),
         }
     }
 
@@ -372,8 +408,7 @@ impl Node {
         if !changes.is_empty() {
             self.outputs.push_back(Output::Apply { doc, changes });
         }
-        let links: Vec<(LinkId, LinkKind)> =
-            self.links.iter().map(|(l, s)| (*l, s.kind)).collect();
+        let links: Vec<(LinkId, LinkKind)> = self.links.iter().map(|(l, s)| (*l, s.kind)).collect();
         for (link, kind) in links {
             self.attach(link, kind, doc);
         }
@@ -475,8 +510,9 @@ impl Node {
         let room = state.room;
         match kind {
             LinkKind::Relay => {
+                let now = self.now;
                 if let Some(l) = self.links.get_mut(&link) {
-                    l.rooms.insert(room, None);
+                    l.rooms.insert(room, Membership::Joining(now));
                 }
                 self.send_relay(link, &RelayRequest::Join { room });
             }
@@ -602,17 +638,29 @@ impl Node {
                     return Ok(());
                 };
                 if let Some(l) = self.links.get_mut(&link) {
-                    l.rooms.insert(room, Some(you));
+                    l.rooms.insert(room, Membership::Joined(you));
                 }
                 for peer in peers {
                     if peer != you {
-                        self.start_session(doc, Route { link, tag: Some(peer) });
+                        self.start_session(
+                            doc,
+                            Route {
+                                link,
+                                tag: Some(peer),
+                            },
+                        );
                     }
                 }
             }
             RelayEvent::PeerJoined { room, peer } => {
                 if let Some(&doc) = self.rooms.get(&room) {
-                    self.start_session(doc, Route { link, tag: Some(peer) });
+                    self.start_session(
+                        doc,
+                        Route {
+                            link,
+                            tag: Some(peer),
+                        },
+                    );
                 }
             }
             RelayEvent::PeerLeft { room, peer } => {
@@ -640,8 +688,11 @@ impl Node {
                 }
             }
             RelayEvent::Error { code, message } => {
-                self.outputs
-                    .push_back(Output::Event(Event::RelayError { link, code, message }));
+                self.outputs.push_back(Output::Event(Event::RelayError {
+                    link,
+                    code,
+                    message,
+                }));
             }
             RelayEvent::Pong { .. } => {}
         }
@@ -721,12 +772,12 @@ impl Node {
                             if let Some(keys) = state.keys.as_mut() {
                                 match keys.decrypt_verified(env) {
                                     Ok(c) => changes.push(c),
-                                    Err(e) => self.outputs.push_back(Output::Event(
-                                        Event::Rejected {
+                                    Err(e) => {
+                                        self.outputs.push_back(Output::Event(Event::Rejected {
                                             doc,
                                             reason: e.into(),
-                                        },
-                                    )),
+                                        }))
+                                    }
                                 }
                             }
                         }
@@ -781,7 +832,7 @@ impl Node {
             self.stats.envelopes_duplicate += 1;
             return Ok(Vec::new());
         }
-        crypto::verify_envelope(&env)?;
+        self.verifier.verify(&env)?;
         match state.log.insert(env) {
             Inserted::New { ready } => Ok(ready),
             Inserted::Duplicate => {
@@ -789,11 +840,8 @@ impl Node {
                 Ok(Vec::new())
             }
             Inserted::Equivocation { author, seq } => {
-                self.outputs.push_back(Output::Event(Event::Equivocation {
-                    doc,
-                    author,
-                    seq,
-                }));
+                self.outputs
+                    .push_back(Output::Event(Event::Equivocation { doc, author, seq }));
                 Ok(Vec::new())
             }
             Inserted::WrongRoom => Err(CryptoError::WrongRoom.into()),
@@ -904,13 +952,16 @@ impl Node {
         let relay_links: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Some(_))))
+            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Membership::Joined(_))))
             .map(|(id, _)| *id)
             .collect();
         for chunk in chunk_by_bytes(&envs, self.config.sync.batch_bytes) {
             let msg = SyncMessage::Envelopes {
                 batch: 0,
-                envelopes: chunk.iter().map(|e| ByteVec::from(e.bytes().to_vec())).collect(),
+                envelopes: chunk
+                    .iter()
+                    .map(|e| ByteVec::from(e.bytes().to_vec()))
+                    .collect(),
             };
             let Some(state) = self.docs.get(&doc) else {
                 return;
@@ -941,7 +992,13 @@ impl Node {
         let direct: Vec<Route> = self
             .docs
             .get(&doc)
-            .map(|d| d.sessions.keys().filter(|r| r.tag.is_none()).copied().collect())
+            .map(|d| {
+                d.sessions
+                    .keys()
+                    .filter(|r| r.tag.is_none())
+                    .copied()
+                    .collect()
+            })
             .unwrap_or_default();
         for r in direct {
             self.pump(doc, r);
@@ -955,7 +1012,8 @@ impl Node {
         if let Some(state) = self.docs.get_mut(&doc) {
             if upto > state.sent_upto {
                 state.sent_upto = upto;
-                self.outputs.push_back(Output::Event(Event::Sent { doc, upto }));
+                self.outputs
+                    .push_back(Output::Event(Event::Sent { doc, upto }));
             }
         }
     }
@@ -964,7 +1022,12 @@ impl Node {
         let Some(state) = self.docs.get_mut(&doc) else {
             return;
         };
-        let mut held: Vec<u64> = state.pinned_by.values().copied().filter(|s| *s > 0).collect();
+        let mut held: Vec<u64> = state
+            .pinned_by
+            .values()
+            .copied()
+            .filter(|s| *s > 0)
+            .collect();
         held.sort_unstable_by(|a, b| b.cmp(a));
         for (i, upto) in held.iter().enumerate() {
             let before = state.stored_reported.get(i).copied().unwrap_or(0);
@@ -1002,7 +1065,10 @@ impl Node {
                 .max();
             let msg = SyncMessage::Envelopes {
                 batch,
-                envelopes: envs.iter().map(|e| ByteVec::from(e.bytes().to_vec())).collect(),
+                envelopes: envs
+                    .iter()
+                    .map(|e| ByteVec::from(e.bytes().to_vec()))
+                    .collect(),
             };
             self.send_sync(doc, route, &msg);
             if let Some(upto) = own_upto {
@@ -1013,6 +1079,20 @@ impl Node {
 
     fn on_tick(&mut self) {
         let now = self.now;
+        let mut rejoin = Vec::new();
+        for (link, l) in self.links.iter_mut() {
+            for (room, m) in l.rooms.iter_mut() {
+                if let Membership::Joining(since) = m {
+                    if now.since(*since) >= JOIN_RETRY_MS {
+                        *m = Membership::Joining(now);
+                        rejoin.push((*link, *room));
+                    }
+                }
+            }
+        }
+        for (link, room) in rejoin {
+            self.send_relay(link, &RelayRequest::Join { room });
+        }
         let docs: Vec<DocId> = self.docs.keys().copied().collect();
         for doc in docs {
             let mut have_due = Vec::new();
@@ -1038,12 +1118,20 @@ impl Node {
 
     /// Asks for a tick at the earliest session deadline, once per change.
     fn schedule(&mut self) {
-        let next = self
+        let sessions = self
             .docs
             .values()
             .flat_map(|d| d.sessions.values())
-            .filter_map(|s| s.next_deadline(&self.config.sync))
-            .min();
+            .filter_map(|s| s.next_deadline(&self.config.sync));
+        let joins = self
+            .links
+            .values()
+            .flat_map(|l| l.rooms.values())
+            .filter_map(|m| match m {
+                Membership::Joining(since) => Some(since.plus(JOIN_RETRY_MS)),
+                Membership::Joined(_) => None,
+            });
+        let next = sessions.chain(joins).min();
         if next != self.wake_at {
             self.wake_at = next;
             if let Some(t) = next {

@@ -187,9 +187,7 @@ impl Session {
 
     /// When this session next needs a tick.
     pub fn next_deadline(&self, config: &SyncConfig) -> Option<Timestamp> {
-        let have = self
-            .last_have_sent
-            .map(|t| t.plus(config.anti_entropy_ms));
+        let have = self.last_have_sent.map(|t| t.plus(config.anti_entropy_ms));
         let ack = self
             .in_flight
             .front()

@@ -58,7 +58,10 @@ impl fmt::Display for WireError {
                 write!(f, "frame of {len} bytes exceeds the limit of {max}")
             }
             WireError::UnsupportedVersion(v) => {
-                write!(f, "wire version {v} is not supported (this build speaks {WIRE_VERSION})")
+                write!(
+                    f,
+                    "wire version {v} is not supported (this build speaks {WIRE_VERSION})"
+                )
             }
             WireError::TooMany { what, max } => write!(f, "more than {max} {what} in one frame"),
             WireError::Malformed(m) => write!(f, "malformed frame: {m}"),
@@ -477,7 +480,10 @@ pub enum SyncMessage {
 pub fn encode_frame<T: Encode<()>>(msg: &T) -> Vec<u8> {
     let mut e = Encoder::new(Vec::new());
     // Writing to a Vec cannot fail.
-    let _ = e.array(2).and_then(|e| e.u8(WIRE_VERSION)).and_then(|e| e.encode(msg));
+    let _ = e
+        .array(2)
+        .and_then(|e| e.u8(WIRE_VERSION))
+        .and_then(|e| e.encode(msg));
     e.into_writer()
 }
 
@@ -551,7 +557,9 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let msgs = [
-            RelayRequest::Join { room: RoomId([1; 32]) },
+            RelayRequest::Join {
+                room: RoomId([1; 32]),
+            },
             RelayRequest::Send {
                 room: RoomId([1; 32]),
                 to: PeerTag(7),
