@@ -155,6 +155,9 @@ pub enum Event {
     },
     /// An envelope from the network was refused.
     Rejected { doc: DocId, reason: NodeError },
+    /// Remote changes were applied to the document (from
+    /// [`crate::doc::Replica`], which applies `Apply` outputs itself).
+    Changed { doc: DocId },
     /// The relay reported an error.
     RelayError {
         link: LinkId,

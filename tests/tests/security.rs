@@ -87,7 +87,7 @@ fn frame_with(f: &mut Fixture, envelope_bytes: Vec<u8>) -> Vec<u8> {
     })
 }
 
-/// Feeds one frame; returns (changes applied, events).
+/// Feeds one frame; returns (batches of changes applied, other events).
 fn deliver(r: &mut Replica, bytes: Vec<u8>) -> (usize, Vec<Event>) {
     let _ = r.handle(
         Timestamp(0),
@@ -99,7 +99,7 @@ fn deliver(r: &mut Replica, bytes: Vec<u8>) -> (usize, Vec<Event>) {
     let (mut applied, mut events) = (0, Vec::new());
     while let Some(out) = r.poll() {
         match out {
-            Output::Apply { changes, .. } => applied += changes.len(),
+            Output::Event(Event::Changed { .. }) => applied += 1,
             Output::Event(e) => events.push(e),
             _ => {}
         }

@@ -1,0 +1,346 @@
+//! The core benchmark (`cargo xtask bench`): the automerge-paper trace
+//! through raw Automerge and through mycel end to end, and seal/open
+//! throughput. Every figure is measured in the same run as its baseline
+//! and printed as a ratio; the last line is one JSON object.
+//!
+//! Usage: core-bench [--trace PATH] [--edits N]
+
+use std::time::{Duration, Instant};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ObjType, ROOT, ReadDoc, TextEncoding};
+use mycel_core::crypto::{DocKey, DocKeys, Identity, Rng};
+use mycel_core::doc::Replica;
+use mycel_core::id::DocId;
+use mycel_core::node::{DocAccess, Input, LinkId, LinkKind, NodeConfig, Output};
+use mycel_core::time::Timestamp;
+use mycel_core::wire::EnvelopeKind;
+use mycel_tests::trace::{self, Patch};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut path = trace::default_path();
+    let mut limit = usize::MAX;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--trace" => path = args.next().expect("--trace PATH").into(),
+            "--edits" => limit = args.next().and_then(|n| n.parse().ok()).expect("--edits N"),
+            other => {
+                eprintln!("unknown argument {other}; usage: core-bench [--trace PATH] [--edits N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let trace = match trace::load(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("core-bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let full = limit >= trace.patches.len();
+    let patches = &trace.patches[..limit.min(trace.patches.len())];
+    let expected = if full {
+        Some(trace.end_content.as_str())
+    } else {
+        None
+    };
+    println!(
+        "core-bench: automerge-paper trace, {} edits{}",
+        patches.len(),
+        if full { "" } else { " (prefix)" }
+    );
+
+    // (a) raw Automerge, one commit per keystroke.
+    let (raw, raw_text) = raw_automerge(patches);
+    check("raw automerge", &raw_text, expected);
+    println!(
+        "(a) raw automerge, one commit per edit:       {:>8.2} s",
+        raw.as_secs_f64()
+    );
+
+    // (b) through mycel end to end, one change per keystroke.
+    let unbatched = through_mycel(patches, None, expected);
+    println!(
+        "(b) mycel end to end, one change per edit:    {:>8.2} s  b/a = {:.2}  ({} envelopes, {:.1} MB on the link)",
+        unbatched.time.as_secs_f64(),
+        ratio(unbatched.time, raw),
+        unbatched.envelopes,
+        unbatched.link_bytes as f64 / 1e6
+    );
+    // (b') batched as an editor does: one change per 16 ms frame of typing.
+    let batched = through_mycel(patches, Some(Duration::from_millis(16)), expected);
+    println!(
+        "(b') mycel end to end, one change per 16 ms: {:>8.2} s  b'/a = {:.2}  ({} envelopes)",
+        batched.time.as_secs_f64(),
+        ratio(batched.time, raw),
+        batched.envelopes
+    );
+    println!(
+        "     replica A local work {:.2} s, replica B receive+apply {:.2} s (unbatched)",
+        unbatched.sender.as_secs_f64(),
+        unbatched.receiver.as_secs_f64()
+    );
+
+    // (c) seal + open throughput.
+    let mut sizes = Vec::new();
+    for size in [64usize, 1024, 16 * 1024] {
+        let t = seal_open(size);
+        println!(
+            "(c) seal+open {:>6} B payloads: {:>8.1} MiB/s  (seal {:.1} µs, open {:.1} µs per envelope)",
+            size, t.mib_s, t.seal_us, t.open_us
+        );
+        sizes.push((size, t));
+    }
+
+    println!(
+        "{{\"edits\":{},\"raw_automerge_s\":{:.3},\"mycel_unbatched_s\":{:.3},\"ratio_unbatched\":{:.3},\"mycel_batched_16ms_s\":{:.3},\"ratio_batched\":{:.3},\"batched_envelopes\":{},{}}}",
+        patches.len(),
+        raw.as_secs_f64(),
+        unbatched.time.as_secs_f64(),
+        ratio(unbatched.time, raw),
+        batched.time.as_secs_f64(),
+        ratio(batched.time, raw),
+        batched.envelopes,
+        sizes
+            .iter()
+            .map(|(s, t)| format!("\"seal_open_{}B_mib_s\":{:.1}", s, t.mib_s))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn check(what: &str, text: &str, expected: Option<&str>) {
+    if let Some(e) = expected {
+        if text != e {
+            eprintln!("core-bench: {what}: final text differs from the trace's endContent");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn raw_automerge(patches: &[Patch]) -> (Duration, String) {
+    let start = Instant::now();
+    let mut doc = Automerge::new_with_encoding(TextEncoding::UnicodeCodePoint);
+    let text = {
+        let mut tx = doc.transaction();
+        let t = tx.put_object(ROOT, "text", ObjType::Text).expect("text");
+        tx.commit();
+        t
+    };
+    for p in patches {
+        let mut tx = doc.transaction();
+        tx.splice_text(&text, p.pos, p.del as isize, &p.ins)
+            .expect("splice");
+        tx.commit();
+    }
+    let elapsed = start.elapsed();
+    (elapsed, doc.text(&text).expect("text"))
+}
+
+struct Run {
+    time: Duration,
+    sender: Duration,
+    receiver: Duration,
+    envelopes: u64,
+    link_bytes: u64,
+}
+
+/// Replica A types the trace; every output moves at once to replica B over
+/// an in-process direct link (storage acknowledges at once: this measures
+/// the engine, not a disk). With `frame`, keystrokes arriving within one
+/// frame of wall time go into one change, as an editor batches input per
+/// animation frame.
+fn through_mycel(patches: &[Patch], frame: Option<Duration>, expected: Option<&str>) -> Run {
+    let mut rng = Rng::from_seed([1; 32]);
+    let doc = DocId(rng.array());
+    let key = DocKey::generate(&mut rng);
+    let mut a = Replica::new(
+        Identity::generate(&mut rng),
+        NodeConfig::default(),
+        rng.array(),
+    );
+    let mut b = Replica::new(
+        Identity::generate(&mut rng),
+        NodeConfig::default(),
+        rng.array(),
+    );
+    let now = Timestamp(0);
+    let link = LinkId(1);
+    // The receiving editor applies what arrived once per frame, as it
+    // renders (and as Automerge needs: see `Replica`'s docs).
+    b.set_deferred_apply(true);
+    let mut b_frame = Instant::now();
+    for r in [&mut a, &mut b] {
+        r.open(now, doc, DocAccess::Full(key.clone()), [])
+            .expect("open");
+        r.handle(
+            now,
+            Input::LinkUp {
+                link,
+                kind: LinkKind::Direct,
+            },
+        )
+        .expect("link");
+    }
+    let mut run = Run {
+        time: Duration::ZERO,
+        sender: Duration::ZERO,
+        receiver: Duration::ZERO,
+        envelopes: 0,
+        link_bytes: 0,
+    };
+    let start = Instant::now();
+    let text = a
+        .change(now, doc, |tx| tx.put_object(ROOT, "text", ObjType::Text))
+        .expect("text");
+    pump(&mut a, &mut b, &mut run);
+    let mut i = 0;
+    while i < patches.len() {
+        let t0 = Instant::now();
+        let end = match frame {
+            None => i + 1,
+            Some(f) => {
+                // Keystrokes keep arriving while the frame lasts.
+                let mut j = i;
+                let frame_start = Instant::now();
+                a.change(now, doc, |tx| {
+                    while j < patches.len() && (j == i || frame_start.elapsed() < f) {
+                        let p = &patches[j];
+                        tx.splice_text(&text, p.pos, p.del as isize, &p.ins)?;
+                        j += 1;
+                    }
+                    Ok(())
+                })
+                .expect("batched change");
+                j
+            }
+        };
+        if frame.is_none() {
+            let p = &patches[i];
+            a.change(now, doc, |tx| {
+                tx.splice_text(&text, p.pos, p.del as isize, &p.ins)
+            })
+            .expect("change");
+        }
+        run.sender += t0.elapsed();
+        i = end;
+        pump(&mut a, &mut b, &mut run);
+        if b_frame.elapsed() >= Duration::from_millis(16) || i == patches.len() {
+            let t1 = Instant::now();
+            b.flush();
+            pump(&mut a, &mut b, &mut run);
+            run.receiver += t1.elapsed();
+            b_frame = Instant::now();
+        }
+    }
+    run.time = start.elapsed();
+    let a_text = a
+        .doc(doc)
+        .expect("doc")
+        .automerge()
+        .text(&text)
+        .expect("text");
+    let b_text = b
+        .doc(doc)
+        .expect("doc")
+        .automerge()
+        .text(&text)
+        .expect("text");
+    check("replica A", &a_text, expected);
+    check("replica B", &b_text, expected);
+    if a_text != b_text {
+        eprintln!("core-bench: replicas differ");
+        std::process::exit(1);
+    }
+    run
+}
+
+/// Moves every output between the two replicas until both are quiet.
+fn pump(a: &mut Replica, b: &mut Replica, run: &mut Run) {
+    let now = Timestamp(0);
+    loop {
+        let mut moved = false;
+        let t0 = Instant::now();
+        while let Some(out) = a.poll() {
+            moved = true;
+            match out {
+                Output::Send { link, bytes } => {
+                    run.link_bytes += bytes.len() as u64;
+                    let t1 = Instant::now();
+                    b.handle(now, Input::Received { link, bytes })
+                        .expect("b receives");
+                    run.receiver += t1.elapsed();
+                }
+                Output::Persist {
+                    doc,
+                    batch,
+                    records,
+                } => {
+                    run.envelopes += records.len() as u64;
+                    a.handle(now, Input::Persisted { doc, batch }).expect("ack");
+                }
+                _ => {}
+            }
+        }
+        let t1 = Instant::now();
+        while let Some(out) = b.poll() {
+            moved = true;
+            match out {
+                Output::Send { link, bytes } => {
+                    a.handle(now, Input::Received { link, bytes })
+                        .expect("a receives");
+                }
+                Output::Persist { doc, batch, .. } => {
+                    b.handle(now, Input::Persisted { doc, batch }).expect("ack");
+                }
+                _ => {}
+            }
+        }
+        run.receiver += t1.elapsed();
+        run.sender += t1.duration_since(t0).saturating_sub(Duration::ZERO);
+        if !moved {
+            return;
+        }
+    }
+}
+
+struct Throughput {
+    mib_s: f64,
+    seal_us: f64,
+    open_us: f64,
+}
+
+fn seal_open(size: usize) -> Throughput {
+    let mut rng = Rng::from_seed([2; 32]);
+    let author = Identity::generate(&mut rng);
+    let mut keys = DocKeys::new(DocId(rng.array()), DocKey::generate(&mut rng));
+    let payload = vec![0x5a; size];
+    // Bounded: about 64 MiB or 20,000 envelopes, whichever is fewer.
+    let n = (64 * 1024 * 1024 / size).clamp(200, 20_000);
+    let mut sealed = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for seq in 1..=n as u64 {
+        sealed.push(
+            keys.seal(&author, EnvelopeKind::Change, seq, &payload, &mut rng)
+                .expect("seal"),
+        );
+    }
+    let seal = t0.elapsed();
+    let t1 = Instant::now();
+    for env in &sealed {
+        let plain = keys.open(env).expect("open");
+        assert_eq!(plain.len(), size);
+    }
+    let open = t1.elapsed();
+    let total = seal + open;
+    Throughput {
+        mib_s: (n * size) as f64 / total.as_secs_f64() / (1024.0 * 1024.0),
+        seal_us: seal.as_secs_f64() * 1e6 / n as f64,
+        open_us: open.as_secs_f64() * 1e6 / n as f64,
+    }
+}
