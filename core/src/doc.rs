@@ -90,6 +90,41 @@ impl Document {
     }
 }
 
+/// When a host applies pending remote changes ([`Replica::flush`]): at most
+/// once per frame, and, because Automerge's apply time grows with the
+/// document, never more than `1 / (1 + idle_factor)` of the time. An editor
+/// under a flood of remote keystrokes then applies them in fewer, larger
+/// batches instead of falling behind.
+#[derive(Debug, Clone)]
+pub struct ApplyPacer {
+    frame_us: u64,
+    idle_factor: u64,
+    next_at_us: u64,
+}
+
+impl Default for ApplyPacer {
+    /// 16 ms frames; apply at most a third of the time.
+    fn default() -> Self {
+        ApplyPacer {
+            frame_us: 16_000,
+            idle_factor: 2,
+            next_at_us: 0,
+        }
+    }
+}
+
+impl ApplyPacer {
+    /// Is a flush due at `now_us` (microseconds, host clock)?
+    pub fn due(&self, now_us: u64) -> bool {
+        now_us >= self.next_at_us
+    }
+
+    /// Records a flush that ended at `now_us` after taking `took_us`.
+    pub fn flushed(&mut self, now_us: u64, took_us: u64) {
+        self.next_at_us = now_us + self.frame_us.max(took_us * self.idle_factor);
+    }
+}
+
 /// Errors of [`Replica`] calls.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ROOT, ReadDoc, TextEncoding};
 use mycel_core::crypto::{DocKey, DocKeys, Identity, Rng};
-use mycel_core::doc::Replica;
+use mycel_core::doc::{ApplyPacer, Replica};
 use mycel_core::id::DocId;
 use mycel_core::node::{DocAccess, Input, LinkId, LinkKind, NodeConfig, Output};
 use mycel_core::time::Timestamp;
@@ -77,9 +77,10 @@ fn main() {
         batched.envelopes
     );
     println!(
-        "     replica A local work {:.2} s, replica B receive+apply {:.2} s (unbatched)",
+        "     (b) replica A local work {:.2} s, replica B receive+apply {:.2} s in {} applies",
         unbatched.sender.as_secs_f64(),
-        unbatched.receiver.as_secs_f64()
+        unbatched.receiver.as_secs_f64(),
+        unbatched.flushes
     );
 
     // (c) seal + open throughput.
@@ -148,6 +149,7 @@ struct Run {
     receiver: Duration,
     envelopes: u64,
     link_bytes: u64,
+    flushes: u64,
 }
 
 /// Replica A types the trace; every output moves at once to replica B over
@@ -171,10 +173,12 @@ fn through_mycel(patches: &[Patch], frame: Option<Duration>, expected: Option<&s
     );
     let now = Timestamp(0);
     let link = LinkId(1);
-    // The receiving editor applies what arrived once per frame, as it
-    // renders (and as Automerge needs: see `Replica`'s docs).
+    // The receiving editor applies what arrived when its pacer says so (at
+    // most once per frame; see `ApplyPacer` for why).
     b.set_deferred_apply(true);
-    let mut b_frame = Instant::now();
+    let mut pacer = ApplyPacer::default();
+    let clock = Instant::now();
+    let us = || clock.elapsed().as_micros() as u64;
     for r in [&mut a, &mut b] {
         r.open(now, doc, DocAccess::Full(key.clone()), [])
             .expect("open");
@@ -193,6 +197,7 @@ fn through_mycel(patches: &[Patch], frame: Option<Duration>, expected: Option<&s
         receiver: Duration::ZERO,
         envelopes: 0,
         link_bytes: 0,
+        flushes: 0,
     };
     let start = Instant::now();
     let text = a
@@ -230,12 +235,14 @@ fn through_mycel(patches: &[Patch], frame: Option<Duration>, expected: Option<&s
         run.sender += t0.elapsed();
         i = end;
         pump(&mut a, &mut b, &mut run);
-        if b_frame.elapsed() >= Duration::from_millis(16) || i == patches.len() {
+        if pacer.due(us()) || i == patches.len() {
             let t1 = Instant::now();
             b.flush();
             pump(&mut a, &mut b, &mut run);
-            run.receiver += t1.elapsed();
-            b_frame = Instant::now();
+            let took = t1.elapsed();
+            run.receiver += took;
+            run.flushes += 1;
+            pacer.flushed(us(), took.as_micros() as u64);
         }
     }
     run.time = start.elapsed();
@@ -260,40 +267,42 @@ fn through_mycel(patches: &[Patch], frame: Option<Duration>, expected: Option<&s
     run
 }
 
-/// Moves every output between the two replicas until both are quiet.
+/// Moves every output between the two replicas until both are quiet,
+/// charging each replica's handling to its side.
 fn pump(a: &mut Replica, b: &mut Replica, run: &mut Run) {
     let now = Timestamp(0);
     loop {
         let mut moved = false;
-        let t0 = Instant::now();
+        let mut t = Instant::now();
         while let Some(out) = a.poll() {
             moved = true;
             match out {
                 Output::Send { link, bytes } => {
                     run.link_bytes += bytes.len() as u64;
                     let t1 = Instant::now();
-                    b.handle(now, Input::Received { link, bytes })
-                        .expect("b receives");
-                    run.receiver += t1.elapsed();
+                    run.sender += t1 - t;
+                    b.handle(now, Input::Received { link, bytes }).expect("b receives");
+                    t = Instant::now();
+                    run.receiver += t - t1;
                 }
-                Output::Persist {
-                    doc,
-                    batch,
-                    records,
-                } => {
+                Output::Persist { doc, batch, records } => {
                     run.envelopes += records.len() as u64;
                     a.handle(now, Input::Persisted { doc, batch }).expect("ack");
                 }
                 _ => {}
             }
         }
-        let t1 = Instant::now();
+        run.sender += t.elapsed();
+        let mut t = Instant::now();
         while let Some(out) = b.poll() {
             moved = true;
             match out {
                 Output::Send { link, bytes } => {
-                    a.handle(now, Input::Received { link, bytes })
-                        .expect("a receives");
+                    let t1 = Instant::now();
+                    run.receiver += t1 - t;
+                    a.handle(now, Input::Received { link, bytes }).expect("a receives");
+                    t = Instant::now();
+                    run.sender += t - t1;
                 }
                 Output::Persist { doc, batch, .. } => {
                     b.handle(now, Input::Persisted { doc, batch }).expect("ack");
@@ -301,8 +310,7 @@ fn pump(a: &mut Replica, b: &mut Replica, run: &mut Run) {
                 _ => {}
             }
         }
-        run.receiver += t1.elapsed();
-        run.sender += t1.duration_since(t0).saturating_sub(Duration::ZERO);
+        run.receiver += t.elapsed();
         if !moved {
             return;
         }
