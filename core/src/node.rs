@@ -909,11 +909,11 @@ impl Node {
             if *b > batch {
                 break;
             }
-            if let Some((_, env)) = state.unsaved_remote.pop_front() {
-                if env.seq() > state.persisted.get(&env.author()) {
-                    state.persisted.set(env.author(), env.seq());
-                    remote_advanced = true;
-                }
+            if let Some((_, env)) = state.unsaved_remote.pop_front()
+                && env.seq() > state.persisted.get(&env.author())
+            {
+                state.persisted.set(env.author(), env.seq());
+                remote_advanced = true;
             }
         }
         if let Some(last) = saved.last() {
@@ -1012,12 +1012,12 @@ impl Node {
     }
 
     fn note_sent(&mut self, doc: DocId, upto: u64) {
-        if let Some(state) = self.docs.get_mut(&doc) {
-            if upto > state.sent_upto {
-                state.sent_upto = upto;
-                self.outputs
-                    .push_back(Output::Event(Event::Sent { doc, upto }));
-            }
+        if let Some(state) = self.docs.get_mut(&doc)
+            && upto > state.sent_upto
+        {
+            state.sent_upto = upto;
+            self.outputs
+                .push_back(Output::Event(Event::Sent { doc, upto }));
         }
     }
 
@@ -1085,11 +1085,11 @@ impl Node {
         let mut rejoin = Vec::new();
         for (link, l) in self.links.iter_mut() {
             for (room, m) in l.rooms.iter_mut() {
-                if let Membership::Joining(since) = m {
-                    if now.since(*since) >= JOIN_RETRY_MS {
-                        *m = Membership::Joining(now);
-                        rejoin.push((*link, *room));
-                    }
+                if let Membership::Joining(since) = m
+                    && now.since(*since) >= JOIN_RETRY_MS
+                {
+                    *m = Membership::Joining(now);
+                    rejoin.push((*link, *room));
                 }
             }
         }

@@ -381,8 +381,10 @@ impl Sim {
         let node = &mut self.nodes[i];
         node.inc += 1;
         node.pending.clear();
-        let mut config = NodeConfig::default();
-        config.sync = self.cfg.sync.clone();
+        let config = NodeConfig {
+            sync: self.cfg.sync.clone(),
+            ..NodeConfig::default()
+        };
         let mut r = Replica::new(Identity::from_secret(node.identity), config, seed);
         let stored: Vec<&[u8]> = node.store.iter().map(Vec::as_slice).collect();
         r.open(
@@ -527,8 +529,8 @@ impl Sim {
         // Through a relay a partition is a lost connection: the side cut
         // off (side b) disconnects, and reconnects when it heals.
         if self.cfg.topology == Topology::Relay {
-            for i in 0..self.cfg.nodes {
-                if self.nodes[i].replica.is_none() || old[i] == self.side_b[i] {
+            for (i, was_b) in old.iter().enumerate() {
+                if self.nodes[i].replica.is_none() || *was_b == self.side_b[i] {
                     continue;
                 }
                 if self.side_b[i] {

@@ -116,11 +116,11 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 }
 
 fn check(what: &str, text: &str, expected: Option<&str>) {
-    if let Some(e) = expected {
-        if text != e {
-            eprintln!("core-bench: {what}: final text differs from the trace's endContent");
-            std::process::exit(1);
-        }
+    if let Some(e) = expected
+        && text != e
+    {
+        eprintln!("core-bench: {what}: final text differs from the trace's endContent");
+        std::process::exit(1);
     }
 }
 
@@ -281,11 +281,16 @@ fn pump(a: &mut Replica, b: &mut Replica, run: &mut Run) {
                     run.link_bytes += bytes.len() as u64;
                     let t1 = Instant::now();
                     run.sender += t1 - t;
-                    b.handle(now, Input::Received { link, bytes }).expect("b receives");
+                    b.handle(now, Input::Received { link, bytes })
+                        .expect("b receives");
                     t = Instant::now();
                     run.receiver += t - t1;
                 }
-                Output::Persist { doc, batch, records } => {
+                Output::Persist {
+                    doc,
+                    batch,
+                    records,
+                } => {
                     run.envelopes += records.len() as u64;
                     a.handle(now, Input::Persisted { doc, batch }).expect("ack");
                 }
@@ -300,7 +305,8 @@ fn pump(a: &mut Replica, b: &mut Replica, run: &mut Run) {
                 Output::Send { link, bytes } => {
                     let t1 = Instant::now();
                     run.receiver += t1 - t;
-                    a.handle(now, Input::Received { link, bytes }).expect("a receives");
+                    a.handle(now, Input::Received { link, bytes })
+                        .expect("a receives");
                     t = Instant::now();
                     run.sender += t - t1;
                 }
