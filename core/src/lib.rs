@@ -63,6 +63,7 @@ extern crate std;
 pub mod crypto;
 #[cfg(feature = "automerge")]
 pub mod doc;
+pub mod gossip;
 pub mod id;
 pub mod log;
 pub mod node;

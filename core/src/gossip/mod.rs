@@ -1,0 +1,1 @@
+//! Gossip: membership and dissemination for a swarm (DESIGN §6). Being built.
