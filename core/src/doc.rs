@@ -239,6 +239,23 @@ impl Replica {
         Ok(value)
     }
 
+    /// Brings changes made elsewhere (an `.automerge` file, another
+    /// Automerge tool) into a document: they are applied here and sealed as
+    /// this replica's envelopes, so peers receive them like local edits.
+    pub fn import(
+        &mut self,
+        now: Timestamp,
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
+    ) -> Result<(), ReplicaError> {
+        let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        d.apply(changes.clone())?;
+        for change in changes {
+            self.node.handle(now, Input::LocalChange { doc, change })?;
+        }
+        Ok(())
+    }
+
     pub fn handle(&mut self, now: Timestamp, input: Input) -> Result<(), NodeError> {
         self.node.handle(now, input)
     }

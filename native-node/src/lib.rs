@@ -16,4 +16,5 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod host;
 pub mod store;

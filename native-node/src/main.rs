@@ -1,30 +1,141 @@
-//! mycel-node: the native host of mycel.
+//! `mycel-node`: the command-line tool and daemon (see the crate docs).
 //!
-//! A command-line tool and daemon that keeps documents on disk in a
-//! crash-safe store, syncs them through relays, and pins documents blindly
-//! (storing and serving their envelopes without the key). It drives the
-//! same sans-IO [`mycel_core::node::Node`] as the browser; this binary only
-//! moves bytes, keeps time, and talks to the disk.
-//!
-//! Its commands (`init`, `new`, `set`, `get`, `sync`, `pin`, `serve`, …) are
-//! being built; until then it says so rather than pretending.
+//! Output on stdout is the value asked for; diagnostics go to stderr; every
+//! failure exits non-zero with a message that says what to do.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    let version = env!("CARGO_PKG_VERSION");
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("-V") => {
-            println!("mycel-node {version}");
-            ExitCode::SUCCESS
+use clap::{Parser, Subcommand};
+use mycel_core::id::ShareLink;
+use mycel_node::host::{Host, HostError, os_seed, to_json};
+use mycel_node::store::Store;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mycel-node",
+    version,
+    about = "mycel's native node: documents on disk, synced end-to-end encrypted"
+)]
+struct Cli {
+    /// Data directory (identity, documents, envelopes).
+    #[arg(long, env = "MYCEL_DATA", global = true)]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create this node's identity (once); prints its peer id.
+    Init,
+    /// Create a document; prints its share link.
+    New {
+        /// Origin of the link (the web app that opens it).
+        #[arg(long, default_value = "http://127.0.0.1:8080/")]
+        base: String,
+    },
+    /// Print the pin link of a document (document and room id, no key).
+    PinLink { link: String },
+    /// Set top-level KEY to a JSON value. Exit 0 means the change is on disk.
+    Set {
+        link: String,
+        key: String,
+        json: String,
+    },
+    /// Print the document, or one top-level key, as JSON.
+    Get { link: String, key: Option<String> },
+    /// Write the document as plain `.automerge` bytes.
+    Export { link: String, file: PathBuf },
+    /// Create a document from a `.automerge` file; prints its share link.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "http://127.0.0.1:8080/")]
+        base: String,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("org", "mycel", "mycel")
+        .map(|d| d.data_dir().to_owned())
+        .unwrap_or_else(|| PathBuf::from(".mycel"))
+}
+
+fn parse_link(text: &str) -> Result<ShareLink, String> {
+    text.parse::<ShareLink>()
+        .map_err(|e| format!("cannot use this share link: {e}"))
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let dir = cli.data.unwrap_or_else(default_data_dir);
+    let store = Store::open(&dir).map_err(|e| e.to_string())?;
+    let err = |e: HostError| e.to_string();
+    match cli.command {
+        Command::Init => {
+            let (identity, created) = store
+                .init_identity(os_seed().map_err(err)?)
+                .map_err(|e| e.to_string())?;
+            if !created {
+                eprintln!("identity already exists in {}", dir.display());
+            }
+            println!("{}", identity.peer_id());
         }
-        _ => {
-            eprintln!(
-                "mycel-node {version}: the node's commands are not built yet; \
-                 mycel-core (the engine they drive) is ready. See the README."
-            );
-            ExitCode::from(2)
+        Command::New { base } => {
+            let mut host = Host::open(store, false).map_err(err)?;
+            let link = host.create(&base).map_err(err)?;
+            println!("{link}");
+        }
+        Command::PinLink { link } => {
+            println!("{}", parse_link(&link)?.pin_link());
+        }
+        Command::Set { link, key, json } => {
+            let link = parse_link(&link)?;
+            let value: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|e| format!("the value is not JSON ({e}); quote strings: '\"text\"'"))?;
+            let mut host = Host::open(store, false).map_err(err)?;
+            let doc = host.open_link(&link).map_err(err)?;
+            host.set(doc, &key, &value).map_err(err)?;
+        }
+        Command::Get { link, key } => {
+            let link = parse_link(&link)?;
+            let mut host = Host::open(store, false).map_err(err)?;
+            let doc = host.open_link(&link).map_err(err)?;
+            let am = host.automerge(doc).map_err(err)?;
+            let value = to_json(am, key.as_deref())
+                .ok_or_else(|| format!("the document has no key {:?}", key.unwrap_or_default()))?;
+            println!("{value}");
+        }
+        Command::Export { link, file } => {
+            let link = parse_link(&link)?;
+            let mut host = Host::open(store, false).map_err(err)?;
+            let doc = host.open_link(&link).map_err(err)?;
+            let bytes = host.automerge(doc).map_err(err)?.save();
+            std::fs::write(&file, bytes)
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        }
+        Command::Import { file, base } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let imported = automerge::Automerge::load(&bytes)
+                .map_err(|e| format!("{} is not an Automerge document: {e}", file.display()))?;
+            let mut host = Host::open(store, false).map_err(err)?;
+            let link = host.create(&base).map_err(err)?;
+            let doc = host.open_link(&link).map_err(err)?;
+            host.import_changes(doc, &imported).map_err(err)?;
+            println!("{link}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mycel-node: {message}");
+            ExitCode::FAILURE
         }
     }
 }
