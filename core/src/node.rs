@@ -224,6 +224,23 @@ impl From<CryptoError> for NodeError {
     }
 }
 
+/// Where sync with one peer of a document stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSync {
+    pub peer: PeerId,
+    pub pinning: bool,
+    /// We hold everything the peer said it holds.
+    pub have_theirs: bool,
+    /// The peer holds everything we hold (acknowledged).
+    pub has_ours: bool,
+}
+
+impl PeerSync {
+    pub fn synced(&self) -> bool {
+        self.have_theirs && self.has_ours
+    }
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -460,6 +477,25 @@ impl Node {
                 })
                 .collect()
         })
+    }
+
+    /// Sync status with each peer met in a document's room.
+    pub fn sync_status(&self, doc: DocId) -> Vec<PeerSync> {
+        let Some(d) = self.docs.get(&doc) else {
+            return Vec::new();
+        };
+        let mine = d.log.vector();
+        d.sessions
+            .values()
+            .filter_map(|s| {
+                Some(PeerSync {
+                    peer: s.remote_peer?,
+                    pinning: s.remote_pinning,
+                    have_theirs: mine.covers(&s.remote_vector),
+                    has_ours: s.delivered(&d.log),
+                })
+            })
+            .collect()
     }
 
     /// Feeds one input.

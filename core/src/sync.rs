@@ -198,6 +198,12 @@ impl Session {
         }
     }
 
+    /// Everything `log` holds has reached the peer: it told us so (its
+    /// `Have`) or acknowledged the stream batches that carried it.
+    pub fn delivered(&self, log: &DocLog) -> bool {
+        self.have_received && self.in_flight.is_empty() && !log.is_ahead_of(&self.cursor)
+    }
+
     pub fn in_flight_bytes(&self) -> usize {
         self.in_flight_bytes
     }

@@ -17,4 +17,5 @@
 #![forbid(unsafe_code)]
 
 pub mod host;
+pub mod net;
 pub mod store;

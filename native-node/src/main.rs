@@ -8,8 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mycel_core::id::ShareLink;
+use std::time::Duration;
+
+use mycel_core::id::{PinLink, ShareLink};
 use mycel_node::host::{Host, HostError, os_seed, to_json};
+use mycel_node::net::{self, Mode, Outcome};
 use mycel_node::store::Store;
 
 #[derive(Parser, Debug)]
@@ -48,6 +51,26 @@ enum Command {
     Get { link: String, key: Option<String> },
     /// Write the document as plain `.automerge` bytes.
     Export { link: String, file: PathBuf },
+    /// Sync one document through a relay until both sides hold the union.
+    Sync {
+        link: String,
+        /// Relay WebSocket URL, e.g. ws://127.0.0.1:8080/ws
+        #[arg(long, env = "MYCEL_RELAY")]
+        relay: String,
+        /// Peers of the document to meet (and sync with) before finishing.
+        #[arg(long, default_value_t = 1)]
+        wait_peers: usize,
+        /// Give up (exit non-zero) after this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Pin a document blindly (store and serve it without its key).
+    Pin { pin_link: String },
+    /// Keep every document and pin in sync until SIGTERM or Ctrl-C.
+    Serve {
+        #[arg(long, env = "MYCEL_RELAY")]
+        relay: String,
+    },
     /// Create a document from a `.automerge` file; prints its share link.
     Import {
         file: PathBuf,
@@ -114,6 +137,48 @@ fn run(cli: Cli) -> Result<(), String> {
             std::fs::write(&file, bytes)
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
         }
+        Command::Sync {
+            link,
+            relay,
+            wait_peers,
+            timeout,
+        } => {
+            let link = parse_link(&link)?;
+            let mut host = Host::open(store, false).map_err(err)?;
+            let doc = host.open_link(&link).map_err(err)?;
+            let mode = Mode::Sync {
+                doc,
+                wait_peers,
+                timeout: Duration::from_secs(timeout),
+            };
+            let outcome = runtime()?
+                .block_on(net::run(&mut host, &relay, mode, shutdown_signal()))
+                .map_err(err)?;
+            match outcome {
+                Outcome::Synced { peers } => eprintln!("synced with {peers} peer(s)"),
+                Outcome::Stopped => return Err("interrupted before the sync completed".into()),
+            }
+        }
+        Command::Pin { pin_link } => {
+            let pin = pin_link
+                .parse::<PinLink>()
+                .map_err(|e| format!("cannot use this pin link: {e}"))?;
+            let mut host = Host::open(store, true).map_err(err)?;
+            host.open_pin(&pin).map_err(err)?;
+            eprintln!("pinned {}; `mycel-node serve` keeps it available", pin.doc);
+        }
+        Command::Serve { relay } => {
+            let mut host = Host::open(store, true).map_err(err)?;
+            host.open_all().map_err(err)?;
+            eprintln!(
+                "serving {} document(s) through {relay}",
+                host.store.docs().len()
+            );
+            runtime()?
+                .block_on(net::run(&mut host, &relay, Mode::Serve, shutdown_signal()))
+                .map_err(err)?;
+            eprintln!("stopped");
+        }
         Command::Import { file, base } => {
             let bytes =
                 std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
@@ -127,6 +192,35 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,229 @@
+//! The relay link: one WebSocket to a relay carries every room. The node
+//! decides everything; this loop moves frames, fires timers, and reconnects
+//! with exponential backoff and jitter when the socket drops.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use mycel_core::id::DocId;
+use mycel_core::node::{Event, Input, LinkId, LinkKind, Output};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::host::{Host, HostError};
+
+/// What the loop is for.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Until `wait_peers` peers of `doc` were met and each side holds
+    /// everything the other holds; fails at `timeout`.
+    Sync {
+        doc: DocId,
+        wait_peers: usize,
+        timeout: Duration,
+    },
+    /// Until shutdown, keeping every open document in sync.
+    Serve,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Synced { peers: usize },
+    Stopped,
+}
+
+/// Reconnect delays: doubling from 200 ms to 10 s, each with ±50% jitter so
+/// that many clients of a restarted relay do not return in step.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(10);
+
+    pub fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+    /// The delay before the next attempt.
+    pub fn delay(&mut self, random: u64) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let jitter = (random % 1000) as f64 / 1000.0; // 0..1
+        base.mul_f64(0.5 + jitter)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn report(host: &mut Host) {
+    for e in host.events.drain(..) {
+        match e {
+            Event::PeerSeen { peer, pinning, .. } => {
+                eprintln!(
+                    "peer {peer} joined{}",
+                    if pinning { " (pinning node)" } else { "" }
+                );
+            }
+            Event::StoredRemotely { upto, copies, .. } => {
+                eprintln!("stored-remotely({copies}): changes up to #{upto}");
+            }
+            Event::Rejected { reason, .. } => eprintln!("refused data from a peer: {reason}"),
+            Event::Equivocation { author, seq, .. } => {
+                eprintln!("peer {author} signed two different changes #{seq}; kept the first")
+            }
+            Event::RelayError { code, message, .. } => {
+                eprintln!("relay error {code}: {message}")
+            }
+            _ => {}
+        }
+    }
+}
+
+fn done(host: &Host, mode: &Mode) -> Option<usize> {
+    let Mode::Sync {
+        doc, wait_peers, ..
+    } = mode
+    else {
+        return None;
+    };
+    let status = host.replica.node().sync_status(*doc);
+    (status.len() >= *wait_peers && status.iter().all(|p| p.synced())).then_some(status.len())
+}
+
+/// Runs the relay link until the mode's goal, a timeout, or `shutdown`.
+pub async fn run(
+    host: &mut Host,
+    relay: &str,
+    mode: Mode,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome, HostError> {
+    tokio::pin!(shutdown);
+    let deadline = match &mode {
+        Mode::Sync { timeout, .. } => Some(Instant::now() + *timeout),
+        Mode::Serve => None,
+    };
+    let timed_out = || {
+        HostError::Io(format!(
+            "timed out before the sync completed (relay {relay})"
+        ))
+    };
+    let mut backoff = Backoff::new();
+    let mut link_no = 0u64;
+    loop {
+        let connect = tokio_tungstenite::connect_async(relay);
+        let ws = tokio::select! {
+            r = connect => r,
+            () = &mut shutdown => return Ok(Outcome::Stopped),
+            () = sleep_until_opt(deadline) => return Err(timed_out()),
+        };
+        let mut ws = match ws {
+            Ok((ws, _)) => ws,
+            Err(e) => {
+                let delay = backoff.delay(host.rng().u64());
+                eprintln!("cannot reach relay {relay}: {e}; retrying in {delay:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = &mut shutdown => return Ok(Outcome::Stopped),
+                    () = sleep_until_opt(deadline) => return Err(timed_out()),
+                }
+            }
+        };
+        backoff.reset();
+        link_no += 1;
+        let link = LinkId(link_no);
+        let mut wake: Option<Instant> = None;
+        let mut outs = host.handle(Input::LinkUp {
+            link,
+            kind: LinkKind::Relay,
+        })?;
+        let ended = 'connected: loop {
+            for out in outs.drain(..) {
+                match out {
+                    Output::Send { link: l, bytes } if l == link => {
+                        if ws.send(Message::Binary(bytes.into())).await.is_err() {
+                            break 'connected None;
+                        }
+                    }
+                    Output::WakeAt(t) => {
+                        let wait = t.as_millis().saturating_sub(host.now().as_millis());
+                        wake = Some(Instant::now() + Duration::from_millis(wait));
+                    }
+                    _ => {}
+                }
+            }
+            report(host);
+            if let Some(peers) = done(host, &mode) {
+                let _ = ws.close(None).await;
+                break 'connected Some(Outcome::Synced { peers });
+            }
+            tokio::select! {
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Binary(bytes))) => {
+                        match host.handle(Input::Received { link, bytes: bytes.to_vec() }) {
+                            Ok(o) => outs = o,
+                            // A bad frame is the sender's problem: report, go on.
+                            Err(HostError::Replica(e)) => eprintln!("ignored a frame: {e}"),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break 'connected None,
+                    Some(Ok(_)) => {}
+                },
+                () = sleep_until_opt(wake) => {
+                    wake = None;
+                    outs = host.handle(Input::Tick)?;
+                }
+                () = &mut shutdown => {
+                    let _ = ws.close(None).await;
+                    break 'connected Some(Outcome::Stopped);
+                }
+                () = sleep_until_opt(deadline) => return Err(timed_out()),
+            }
+        };
+        host.handle(Input::LinkDown { link })?;
+        if let Some(outcome) = ended {
+            return Ok(outcome);
+        }
+        let delay = backoff.delay(host.rng().u64());
+        eprintln!("lost the relay {relay}; reconnecting in {delay:?}");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut shutdown => return Ok(Outcome::Stopped),
+            () = sleep_until_opt(deadline) => return Err(timed_out()),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_cap_with_jitter() {
+        let mut b = Backoff::new();
+        let d: Vec<Duration> = (0..8).map(|i| b.delay(i * 137)).collect();
+        assert!(d[0] >= Duration::from_millis(100) && d[0] <= Duration::from_millis(300));
+        assert!(d[7] <= Duration::from_secs(15));
+        assert!(d[7] >= Duration::from_secs(5));
+        b.reset();
+        assert!(b.delay(999) <= Duration::from_millis(300));
+    }
+}
