@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mycel-node")
@@ -55,23 +56,37 @@ fn finish(child: Child, what: &str) -> String {
     err
 }
 
-/// A relay on 127.0.0.1 in a background thread; dropped with the process.
+/// A relay on 127.0.0.1 in a background thread, until the process ends.
 fn start_relay() -> SocketAddr {
+    let (addr, stop, _) = start_stoppable_relay("127.0.0.1:0".parse().unwrap());
+    // Never stopped: dropping the sender would stop it.
+    std::mem::forget(stop);
+    addr
+}
+
+/// A relay that stops (closing every connection) when the sender is
+/// dropped or sent to; returns its address and a handle to wait for it.
+fn start_stoppable_relay(
+    at: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
-            let listener = mycel_relay::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = mycel_relay::bind(at).unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let _ = mycel_relay::serve(
-                mycel_relay::Config::default(),
-                listener,
-                std::future::pending::<()>(),
-            )
+            let _ = mycel_relay::serve(mycel_relay::Config::default(), listener, async {
+                let _ = stopped.await;
+            })
             .await;
         });
     });
-    rx.recv().unwrap()
+    (rx.recv().unwrap(), stop, handle)
 }
 
 /// A TCP tap in front of `upstream`: records every byte the relay sends.
@@ -224,4 +239,39 @@ fn sync_times_out_with_a_clear_error_when_no_peer_comes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach relay"), "{err}");
+}
+
+#[test]
+fn a_relay_restarted_mid_sync_heals_to_convergence() {
+    let (addr, stop, handle) = start_stoppable_relay("127.0.0.1:0".parse().unwrap());
+    let relay = ws(addr);
+    let (a, b) = (data_dir("restart-a"), data_dir("restart-b"));
+    ok(&a, &["init"]);
+    ok(&b, &["init"]);
+    let link = ok(&a, &["new"]);
+    for i in 0..20 {
+        ok(&a, &["set", &link, &format!("a{i}"), &i.to_string()]);
+    }
+    ok(&b, &["set", &link, "b", "true"]);
+    // b serves (reconnecting daemon); the relay goes away and comes back.
+    let server = spawn(&b, &["serve", "--relay", &relay]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stop.send(());
+    handle.join().unwrap();
+    let sync = spawn(&a, &["sync", &link, "--relay", &relay, "--timeout", "30"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let (_addr, _stop2, _h2) = start_stoppable_relay(addr);
+    let err = finish(sync, "sync across a relay restart");
+    assert!(err.contains("synced"), "{err}");
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("reconnecting"),
+        "the daemon saw the relay go: {log}"
+    );
+    assert_eq!(ok(&a, &["get", &link]), ok(&b, &["get", &link]));
 }
