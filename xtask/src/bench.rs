@@ -1,0 +1,70 @@
+//! `cargo xtask bench [NAME] [-- ARGS]`.
+
+use std::path::PathBuf;
+
+use crate::Ctx;
+use crate::sh::{Error, Result, Steps};
+
+/// The benchmarks this command knows, the first being the default.
+const BENCHES: &[&str] = &["core"];
+
+pub fn run(ctx: &Ctx, args: &[String]) -> Result {
+    let (name, rest) = match args.split_first() {
+        Some((first, rest)) if first != "--" => (first.as_str(), rest),
+        _ => (BENCHES[0], args),
+    };
+    let extra = match rest.split_first() {
+        None => rest,
+        Some((dashes, tail)) if dashes == "--" => tail,
+        Some((other, _)) => {
+            return Err(Error(format!(
+                "unexpected argument `{other}`: arguments for the benchmark go after `--`"
+            )));
+        }
+    };
+    match name {
+        "core" => core(ctx, extra),
+        other => Err(Error(format!(
+            "unknown benchmark `{other}`; known benchmarks: {}",
+            BENCHES.join(", ")
+        ))),
+    }
+}
+
+/// The editing trace: `$MYCEL_TRACE`, else the shared automerge-paper trace
+/// beside the repository.
+fn trace_path(ctx: &Ctx) -> Result<PathBuf> {
+    let (path, origin) = match std::env::var_os("MYCEL_TRACE").filter(|p| !p.is_empty()) {
+        Some(p) => {
+            let cwd = std::env::current_dir()
+                .map_err(|e| Error(format!("cannot read the current directory: {e}")))?;
+            (cwd.join(p), "MYCEL_TRACE")
+        }
+        None => (
+            ctx.root
+                .join("../shared/data/traces/automerge-paper.json.gz"),
+            "the default path",
+        ),
+    };
+    if !path.is_file() {
+        return Err(Error(format!(
+            "the benchmark trace is missing: {} ({origin}) is not a file; set MYCEL_TRACE to the \
+             automerge-paper trace (automerge-paper.json.gz), or put shared/ beside the repository",
+            path.display()
+        )));
+    }
+    path.canonicalize()
+        .map_err(|e| Error(format!("cannot resolve {}: {e}", path.display())))
+}
+
+fn core(ctx: &Ctx, extra: &[String]) -> Result {
+    let trace = trace_path(ctx)?;
+    Steps::new().step("core benchmark (mycel-tests core-bench)", || {
+        ctx.cargo()
+            .args(["run", "--release", "--locked", "-p", "mycel-tests"])
+            .args(["--bin", "core-bench", "--", "--trace"])
+            .arg(&trace)
+            .args(extra)
+            .run()
+    })
+}

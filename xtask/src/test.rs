@@ -1,0 +1,155 @@
+//! `cargo xtask test`: what CI runs (`.ci/run`).
+
+use crate::Ctx;
+use crate::ensure::{ensure_fmt_and_clippy, ensure_rust_target};
+use crate::sh::{Result, Stream, with_summary};
+
+/// Later suites (browser tests, end-to-end tests of relay + nodes +
+/// browsers) plug in here: a step name and the function that runs it, in
+/// order, after the wasm build. Each installs what it needs with the
+/// helpers of `ensure` (ensure_apt, ensure_npm, ensure_cargo_tool).
+const SUITES: &[(&str, Suite)] = &[];
+
+type Suite = fn(&Ctx) -> Result;
+
+pub fn run(ctx: &Ctx) -> Result {
+    let mut tally = Tally::default();
+    let result = with_summary("cargo xtask test", |s| {
+        s.step("ensure tools (rustfmt, clippy, wasm32 target)", || {
+            ensure_fmt_and_clippy(ctx)?;
+            ensure_rust_target(ctx, "wasm32-unknown-unknown")
+        })?;
+        s.step("format (cargo fmt --check)", || {
+            ctx.cargo().args(["fmt", "--all", "--check"]).run()?;
+            // The fuzz crate is a workspace of its own: check its targets too.
+            let targets = crate::fuzz::targets(ctx)?;
+            if targets.is_empty() {
+                return Ok(());
+            }
+            ctx.cmd("rustfmt")
+                .args(["--check", "--edition", "2024"])
+                .args(targets.iter().map(|t| t.path.as_os_str()))
+                .run()
+        })?;
+        s.step("lint (cargo clippy)", || {
+            ctx.cargo()
+                .args(["clippy", "--workspace", "--all-targets", "--locked"])
+                .args(["--", "-D", "warnings"])
+                .run()
+        })?;
+        let tests = s.step("tests (cargo test)", || {
+            // The output passes through as it comes; the `test result:`
+            // lines are also added up for the closing line.
+            let (status, lines) = ctx
+                .cargo()
+                .args(["test", "--workspace", "--locked"])
+                .run_scanning(Stream::Stdout, |l| l.starts_with("test result:"))?;
+            tally = Tally::of(&lines);
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("`cargo test --workspace --locked` failed ({status})").into())
+            }
+        });
+        s.note(tally.to_string());
+        tests?;
+        s.step("wasm build of mycel-core", || {
+            ctx.cargo()
+                .args([
+                    "build",
+                    "-p",
+                    "mycel-core",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                ])
+                .args(["--no-default-features", "--locked"])
+                .run()
+        })?;
+        for (name, suite) in SUITES {
+            s.step(name, || suite(ctx))?;
+        }
+        Ok(())
+    });
+    if tally.runs > 0 {
+        // The plain closing line CI reads: `N passed, N failed, N skipped`.
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            tally.passed, tally.failed, tally.ignored
+        );
+    }
+    result
+}
+
+/// The sum of libtest's `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    runs: u64,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Tally {
+    fn of(lines: &[String]) -> Tally {
+        let mut t = Tally::default();
+        for line in lines {
+            let Some(rest) = line.strip_prefix("test result:") else {
+                continue;
+            };
+            t.runs += 1;
+            // `test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; ...`
+            for part in rest.split(['.', ';']) {
+                let mut words = part.split_whitespace();
+                let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => t.passed += n,
+                    "failed" => t.failed += n,
+                    "ignored" => t.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+        t
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.runs == 0 {
+            return f.write_str("no test results seen");
+        }
+        write!(
+            f,
+            "{} passed, {} failed, {} ignored in {} test binaries",
+            self.passed, self.failed, self.ignored, self.runs
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_results_are_added_up() {
+        let lines: Vec<String> = [
+            "test result: ok. 8 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.00s",
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            Tally::of(&lines),
+            Tally {
+                runs: 2,
+                passed: 10,
+                failed: 3,
+                ignored: 1
+            }
+        );
+    }
+}
