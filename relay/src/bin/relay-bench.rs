@@ -1,0 +1,810 @@
+//! `relay-bench`: load, latency and memory figures for the relay, measured
+//! in the same run against the y-websocket server (`@y/websocket-server`
+//! 0.1.1 with `yjs` 13), on loopback only.
+//!
+//! ```text
+//! cargo run --release -p mycel-relay --bin relay-bench [-- --quick] [-- --no-y]
+//! ```
+//!
+//! Load: rooms of 100 clients, 10 of them senders, 64-byte payloads, at a
+//! fixed offered rate (50,000 deliveries/s by default) and at a high one
+//! (to find the ceiling). Each payload carries its send time, so receivers
+//! measure send → receive latency through the server. Server CPU comes
+//! from `/proc/<pid>/stat` (utime + stime) of the server process; idle
+//! memory from its `VmRSS` before and after opening 10,000 connections
+//! (100 per room) in a fresh server process. Everything is bounded in
+//! count and time; the last line printed is one JSON object.
+#![forbid(unsafe_code)]
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt, stream};
+use mycel_core::id::RoomId;
+use mycel_core::wire::{MAX_FRAME, RelayEvent, RelayRequest, decode_frame, encode_frame};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const ROOM_SIZE: usize = 100;
+const SENDERS: usize = 10;
+const PAYLOAD: usize = 64;
+/// y-websocket content length: its update message is then about as long as
+/// a 64-byte relay payload.
+const Y_CONTENT: usize = 48;
+const Y_PORT: u16 = 4400;
+const Y_SERVER_VERSION: &str = "0.1.1";
+const YJS_VERSION: &str = "13.6.33";
+const WS_VERSION: &str = "6.2.7";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mycel,
+    Y,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Mycel => "mycel-relay",
+            Kind::Y => "y-websocket",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Opts {
+    quick: bool,
+    with_y: bool,
+    rooms: usize,
+    rate: f64,
+    max_rate: f64,
+    secs: f64,
+    idle: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__serve-relay") {
+        serve_child(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0));
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let opts = Opts {
+        quick,
+        with_y: !args.iter().any(|a| a == "--no-y"),
+        rooms: 5,
+        rate: 50_000.0,
+        max_rate: 400_000.0,
+        secs: if quick { 1.5 } else { 4.0 },
+        idle: if quick { 2_000 } else { 10_000 },
+    };
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let report = rt.block_on(run(opts));
+    println!("total bench time {:.1}s", started.elapsed().as_secs_f64());
+    println!("{report}");
+}
+
+/// The relay as a child process (same binary, so `cargo run --bin
+/// relay-bench` needs no other build step). It stops when its stdin closes.
+fn serve_child(port: u16) {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let config = mycel_relay::Config {
+        listen: ([127, 0, 0, 1], port).into(),
+        max_conns_per_ip: 0,
+        max_connections: 100_000,
+        // The bench clients share two cores with the relay: let them lag
+        // behind a burst without being dropped as slow consumers.
+        send_queue_frames: 65_536,
+        send_queue_bytes: mycel_relay::ByteSize(64 << 20),
+        rate_frames: 1_000_000,
+        burst_frames: 1_000_000,
+        rate_bytes: mycel_relay::ByteSize(1 << 30),
+        burst_bytes: mycel_relay::ByteSize(1 << 30),
+        ..mycel_relay::Config::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = mycel_relay::bind(config.listen).expect("bind");
+        let stop = async {
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut sink = [0u8; 64];
+                while let Ok(n) = std::io::stdin().read(&mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        };
+        let _ = mycel_relay::serve(config, listener, stop).await;
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+}
+
+/// A server process under test.
+struct Server {
+    kind: Kind,
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    async fn start(kind: Kind, ydir: &Path) -> Result<Server, String> {
+        let (child, port) = match kind {
+            Kind::Mycel => {
+                let port = free_port()?;
+                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                let child = Command::new(exe)
+                    .args(["__serve-relay", &port.to_string()])
+                    .env("MYCEL_RELAY_LOG", "warn")
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("spawn relay: {e}"))?;
+                (child, port)
+            }
+            Kind::Y => {
+                if std::net::TcpStream::connect(("127.0.0.1", Y_PORT)).is_ok() {
+                    return Err(format!("port {Y_PORT} is already in use"));
+                }
+                let child = Command::new("node")
+                    .arg("node_modules/@y/websocket-server/src/server.js")
+                    .current_dir(ydir)
+                    .env("HOST", "127.0.0.1")
+                    .env("PORT", Y_PORT.to_string())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("spawn node: {e}"))?;
+                (child, Y_PORT)
+            }
+        };
+        let mut s = Server { kind, child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                s.stop();
+                return Err(format!("{} did not start", kind.name()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds of the whole process, all threads.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 of the whole line.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / clk_tck()
+    }
+
+    fn rss_kib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn stop(&mut self) {
+        // Closing stdin stops the relay child gracefully; node is killed.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            if self.kind == Kind::Y {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    static T: OnceLock<f64> = OnceLock::new();
+    *T.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn base() -> Instant {
+    static B: OnceLock<Instant> = OnceLock::new();
+    *B.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    base().elapsed().as_nanos() as u64
+}
+
+fn room_id(room: usize) -> RoomId {
+    let mut r = [0x5A; 32];
+    r[..8].copy_from_slice(&(room as u64).to_le_bytes());
+    RoomId(r)
+}
+
+async fn connect(kind: Kind, port: u16, room: usize) -> Result<Ws, String> {
+    let url = match kind {
+        Kind::Mycel => format!("ws://127.0.0.1:{port}/ws"),
+        Kind::Y => format!("ws://127.0.0.1:{port}/bench-room-{room}"),
+    };
+    let cfg = WebSocketConfig::default().read_buffer_size(8192);
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url, Some(cfg), true),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| format!("connect: {e}"))?;
+    if kind == Kind::Mycel {
+        let join = encode_frame(&RelayRequest::Join {
+            room: room_id(room),
+        });
+        ws.send(Message::Binary(join.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    if let Ok(RelayEvent::Joined { .. }) = decode_frame::<RelayEvent>(&b, MAX_FRAME)
+                    {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => return Err("no Joined".into()),
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// Connects `n` clients, `ROOM_SIZE` per room, a few hundred at a time.
+async fn connect_many(kind: Kind, port: u16, n: usize) -> Result<Vec<(usize, Ws)>, String> {
+    let results: Vec<Result<(usize, Ws), String>> = stream::iter(0..n)
+        .map(|i| async move {
+            let room = i / ROOM_SIZE;
+            connect(kind, port, room).await.map(|ws| (i, ws))
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    let mut out = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
+/// The frame a sender publishes, with its send time inside.
+struct Publisher {
+    kind: Kind,
+    room: usize,
+    sender: u32,
+    /// Yjs clock of this sender's next item.
+    clock: u64,
+}
+
+impl Publisher {
+    fn frame(&mut self) -> Vec<u8> {
+        let ts = now_ns();
+        match self.kind {
+            Kind::Mycel => {
+                let mut p = Vec::with_capacity(PAYLOAD);
+                p.extend_from_slice(&ts.to_le_bytes());
+                p.extend_from_slice(&self.sender.to_le_bytes());
+                p.resize(PAYLOAD, 0xEE);
+                encode_frame(&RelayRequest::Publish {
+                    room: room_id(self.room),
+                    payload: p.into(),
+                })
+            }
+            Kind::Y => {
+                let mut content = format!("~T{ts:016x}S{:08x}", self.sender);
+                while content.len() < Y_CONTENT {
+                    content.push('x');
+                }
+                let update = y_insert_update(self.sender, self.clock, &content);
+                self.clock += content.len() as u64;
+                // messageSync (0), messageYjsUpdate (2), varUint8Array.
+                let mut m = vec![0u8, 2u8];
+                write_var_uint(&mut m, update.len() as u64);
+                m.extend_from_slice(&update);
+                m
+            }
+        }
+    }
+}
+
+/// A Yjs v1 update: client `client` inserts `text` at the end of root
+/// text "t" at `clock` (after its own previous insert, if any).
+fn y_insert_update(client: u32, clock: u64, text: &str) -> Vec<u8> {
+    let mut u = Vec::with_capacity(16 + text.len());
+    write_var_uint(&mut u, 1); // clients with structs
+    write_var_uint(&mut u, 1); // structs of this client
+    write_var_uint(&mut u, u64::from(client));
+    write_var_uint(&mut u, clock);
+    const CONTENT_STRING: u8 = 4;
+    if clock == 0 {
+        u.push(CONTENT_STRING); // no origins: parent follows
+        write_var_uint(&mut u, 1); // parent is a root type key
+        write_var_string(&mut u, "t");
+    } else {
+        u.push(CONTENT_STRING | 0x80); // left origin
+        write_var_uint(&mut u, u64::from(client));
+        write_var_uint(&mut u, clock - 1);
+    }
+    write_var_string(&mut u, text);
+    write_var_uint(&mut u, 0); // empty delete set
+    u
+}
+
+fn write_var_uint(out: &mut Vec<u8>, mut n: u64) {
+    while n > 0x7f {
+        out.push(0x80 | (n & 0x7f) as u8);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn write_var_string(out: &mut Vec<u8>, s: &str) {
+    write_var_uint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// (send time, sender) of a delivered message, if it is one of ours.
+fn parse_delivery(kind: Kind, bytes: &[u8]) -> Option<(u64, u32)> {
+    match kind {
+        Kind::Mycel => match decode_frame::<RelayEvent>(bytes, MAX_FRAME) {
+            Ok(RelayEvent::Message { payload, .. }) if payload.len() >= 12 => Some((
+                u64::from_le_bytes(payload[..8].try_into().ok()?),
+                u32::from_le_bytes(payload[8..12].try_into().ok()?),
+            )),
+            _ => None,
+        },
+        Kind::Y => {
+            let at = bytes.windows(2).position(|w| w == b"~T")?;
+            let t = std::str::from_utf8(bytes.get(at + 2..at + 18)?).ok()?;
+            let s = std::str::from_utf8(bytes.get(at + 19..at + 27)?).ok()?;
+            Some((
+                u64::from_str_radix(t, 16).ok()?,
+                u32::from_str_radix(s, 16).ok()?,
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct LoadResult {
+    offered: f64,
+    expected: u64,
+    delivered: u64,
+    secs: f64,
+    per_sec: f64,
+    cpu_secs: f64,
+    cpu_us_per_delivery: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+}
+
+/// Runs one load phase: `rooms` rooms of `ROOM_SIZE`, `SENDERS` senders
+/// each, at `rate` deliveries/s for `secs`.
+async fn load(
+    kind: Kind,
+    server: &Server,
+    rooms: usize,
+    rate: f64,
+    secs: f64,
+) -> Result<LoadResult, String> {
+    let conns = connect_many(kind, server.port, rooms * ROOM_SIZE).await?;
+    let per_publish = (ROOM_SIZE - 1) as f64;
+    let senders_total = (rooms * SENDERS) as f64;
+    let per_sender_rate = rate / per_publish / senders_total;
+    let n_per_sender = (per_sender_rate * secs).round().max(1.0) as u64;
+    let period = Duration::from_secs_f64(1.0 / per_sender_rate);
+    // Let the servers settle after the connection burst (y-websocket sends
+    // its sync messages), then start every sender at a staggered offset.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = tokio::time::Instant::now() + Duration::from_millis(200);
+    let deadline = start + Duration::from_secs_f64(secs) + Duration::from_secs(5);
+    let cpu0 = server.cpu_secs();
+
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for (i, ws) in conns {
+        let room = i / ROOM_SIZE;
+        let slot = i % ROOM_SIZE;
+        let sender_id = (room * SENDERS + slot) as u32 + 1;
+        let is_sender = slot < SENDERS;
+        let expect = if is_sender {
+            (SENDERS as u64 - 1) * n_per_sender
+        } else {
+            SENDERS as u64 * n_per_sender
+        };
+        let (mut tx, mut rx) = ws.split();
+        readers.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            let mut lat: Vec<u32> = Vec::with_capacity(expect as usize);
+            let mut last = start;
+            while got < expect {
+                let next = tokio::time::timeout_at(deadline, rx.next()).await;
+                let Ok(Some(Ok(Message::Binary(b)))) = next else {
+                    match next {
+                        Ok(Some(Ok(_))) => continue,
+                        _ => break,
+                    }
+                };
+                let now = now_ns();
+                if let Some((ts, from)) = parse_delivery(kind, &b) {
+                    if is_sender && from == sender_id {
+                        continue; // y-websocket echoes to the sender
+                    }
+                    got += 1;
+                    lat.push((now.saturating_sub(ts) / 1000).min(u64::from(u32::MAX)) as u32);
+                    last = tokio::time::Instant::now();
+                }
+            }
+            (got, lat, last, rx)
+        }));
+        if is_sender {
+            let mut p = Publisher {
+                kind,
+                room,
+                sender: sender_id,
+                clock: 0,
+            };
+            let offset = period.mul_f64(f64::from(sender_id) / senders_total);
+            writers.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(start + offset, period);
+                for _ in 0..n_per_sender {
+                    tick.tick().await;
+                    if tx.send(Message::Binary(p.frame().into())).await.is_err() {
+                        break;
+                    }
+                }
+                tx
+            }));
+        } else {
+            writers.push(tokio::spawn(async move { tx }));
+        }
+    }
+    let mut delivered = 0u64;
+    let mut lat = Vec::new();
+    let mut last = start;
+    let mut halves = Vec::new();
+    for r in readers {
+        let (got, l, t, rx) = r.await.map_err(|e| e.to_string())?;
+        delivered += got;
+        lat.extend(l);
+        last = last.max(t);
+        halves.push(rx);
+    }
+    let cpu1 = server.cpu_secs();
+    for w in writers {
+        let _ = w.await;
+    }
+    drop(halves);
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return f64::NAN;
+        }
+        f64::from(lat[((lat.len() - 1) as f64 * q) as usize])
+    };
+    let secs_taken = (last - start).as_secs_f64().max(1e-9);
+    let expected = (rooms as u64) * (SENDERS as u64) * n_per_sender * (ROOM_SIZE as u64 - 1);
+    let cpu = cpu1 - cpu0;
+    Ok(LoadResult {
+        offered: rate,
+        expected,
+        delivered,
+        secs: secs_taken,
+        per_sec: delivered as f64 / secs_taken,
+        cpu_secs: cpu,
+        cpu_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+    })
+}
+
+/// Idle memory: RSS growth of a fresh server per connection, `n` clients
+/// in rooms of `ROOM_SIZE`, each draining what it is sent.
+async fn idle(kind: Kind, server: &Server, n: usize) -> Result<(f64, f64, f64), String> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss0 = server.rss_kib();
+    let conns = connect_many(kind, server.port, n).await?;
+    let drains: Vec<_> = conns
+        .into_iter()
+        .map(|(_, mut ws)| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = server.rss_kib();
+    for d in drains {
+        d.abort();
+    }
+    Ok((rss0, rss1, (rss1 - rss0) * 1024.0 / n as f64))
+}
+
+/// Installs the y-websocket server into a directory the bench owns.
+fn install_y() -> Result<PathBuf, String> {
+    let dir = match std::env::var_os("MYCEL_BENCH_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("relay-bench"),
+    }
+    .join("y-websocket");
+    let marker = dir.join("node_modules/@y/websocket-server/src/server.js");
+    let pinned = dir.join(".pinned");
+    let want = format!("{Y_SERVER_VERSION} {YJS_VERSION} {WS_VERSION} with-optional");
+    if marker.exists() && std::fs::read_to_string(&pinned).ok().as_deref() == Some(want.as_str()) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("package.json"), "{\"private\": true}\n").map_err(|e| e.to_string())?;
+    println!(
+        "installing @y/websocket-server@{Y_SERVER_VERSION} yjs@{YJS_VERSION} into {}",
+        dir.display()
+    );
+    let status = Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            // y-leveldb (an optional dependency the server imports) loads
+            // leveldown's shipped prebuilt binary: no install script needed.
+            "--ignore-scripts",
+            &format!("@y/websocket-server@{Y_SERVER_VERSION}"),
+            &format!("yjs@{YJS_VERSION}"),
+            &format!("ws@{WS_VERSION}"),
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("npm: {e}"))?;
+    if !status.success() || !marker.exists() {
+        return Err(format!("npm install failed ({status})"));
+    }
+    std::fs::write(&pinned, want).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+struct Figures {
+    kind: Kind,
+    load: LoadResult,
+    max: LoadResult,
+    idle_bytes_per_conn: f64,
+}
+
+async fn measure(kind: Kind, opts: &Opts, ydir: &Path) -> Result<Figures, String> {
+    println!("== {}", kind.name());
+    let server = Server::start(kind, ydir).await?;
+    let load = load(kind, &server, opts.rooms, opts.rate, opts.secs).await?;
+    print_load("fixed load", &load);
+    let max = load_max(kind, &server, opts).await?;
+    print_load("high load", &max);
+    drop(server);
+    let server = Server::start(kind, ydir).await?;
+    let (rss0, rss1, per) = idle(kind, &server, opts.idle).await?;
+    println!(
+        "  idle: {} connections in rooms of {ROOM_SIZE}: RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per connection",
+        opts.idle,
+        rss0 / 1024.0,
+        rss1 / 1024.0,
+        per
+    );
+    drop(server);
+    Ok(Figures {
+        kind,
+        load,
+        max,
+        idle_bytes_per_conn: per,
+    })
+}
+
+async fn load_max(kind: Kind, server: &Server, opts: &Opts) -> Result<LoadResult, String> {
+    // Let the previous phase's connections close first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load(kind, server, opts.rooms, opts.max_rate, opts.secs).await
+}
+
+fn print_load(what: &str, r: &LoadResult) {
+    println!(
+        "  {what}: offered {:.0}/s, delivered {}/{} in {:.2}s = {:.0} deliveries/s; server CPU {:.3}s = {:.3} us/delivery; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        r.offered,
+        r.delivered,
+        r.expected,
+        r.secs,
+        r.per_sec,
+        r.cpu_secs,
+        r.cpu_us_per_delivery,
+        r.p50_us,
+        r.p99_us,
+        r.p999_us
+    );
+}
+
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "null".into()
+    }
+}
+
+async fn run(opts: Opts) -> String {
+    println!(
+        "relay-bench: rooms of {ROOM_SIZE} clients, {SENDERS} senders per room, {PAYLOAD}-byte payloads, {} rooms, {:.1}s per phase{}",
+        opts.rooms,
+        opts.secs,
+        if opts.quick { " (quick)" } else { "" }
+    );
+    let mut notes: Vec<String> = Vec::new();
+    let ydir = if opts.with_y {
+        match install_y() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                notes.push(format!("y-websocket skipped: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let none = PathBuf::new();
+    let mycel = match measure(Kind::Mycel, &opts, &none).await {
+        Ok(f) => Some(f),
+        Err(e) => {
+            notes.push(format!("mycel-relay failed: {e}"));
+            None
+        }
+    };
+    let y = match &ydir {
+        Some(d) => match measure(Kind::Y, &opts, d).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                notes.push(format!("y-websocket failed: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    for n in &notes {
+        println!("note: {n}");
+    }
+
+    let mut json = String::from("{\"bench\":\"relay\"");
+    json.push_str(&format!(
+        ",\"room_size\":{ROOM_SIZE},\"senders_per_room\":{SENDERS},\"payload_bytes\":{PAYLOAD},\"rooms\":{},\"idle_connections\":{}",
+        opts.rooms, opts.idle
+    ));
+    for f in [&mycel, &y].into_iter().flatten() {
+        let key = match f.kind {
+            Kind::Mycel => "mycel",
+            Kind::Y => "y_websocket",
+        };
+        json.push_str(&format!(
+            ",\"{key}\":{{\"deliveries_per_s_at_fixed\":{},\"cpu_us_per_delivery\":{},\"p50_us\":{},\"p99_us\":{},\"max_deliveries_per_s\":{},\"cpu_us_per_delivery_at_max\":{},\"idle_bytes_per_conn\":{},\"lost_at_fixed\":{}}}",
+            num(f.load.per_sec),
+            num(f.load.cpu_us_per_delivery),
+            num(f.load.p50_us),
+            num(f.load.p99_us),
+            num(f.max.per_sec),
+            num(f.max.cpu_us_per_delivery),
+            num(f.idle_bytes_per_conn),
+            f.load.expected - f.load.delivered.min(f.load.expected),
+        ));
+    }
+    if let Some(m) = &mycel {
+        let goal_cpu = y
+            .as_ref()
+            .map(|y| m.load.cpu_us_per_delivery <= y.load.cpu_us_per_delivery / 25.0);
+        if let Some(y) = &y {
+            let cpu_ratio = y.load.cpu_us_per_delivery / m.load.cpu_us_per_delivery;
+            let max_cpu_ratio = y.max.cpu_us_per_delivery / m.max.cpu_us_per_delivery;
+            let mem_ratio = y.idle_bytes_per_conn / m.idle_bytes_per_conn;
+            let tput_ratio = m.max.per_sec / y.max.per_sec;
+            println!("== ratios (y-websocket / mycel-relay)");
+            println!(
+                "  CPU per delivery at {:.0}/s: {cpu_ratio:.1}x less for mycel-relay (goal >= 25x)",
+                opts.rate
+            );
+            println!("  CPU per delivery at high load: {max_cpu_ratio:.1}x");
+            println!("  idle memory per connection: {mem_ratio:.1}x less for mycel-relay");
+            println!("  deliveries/s at high load: {tput_ratio:.1}x more for mycel-relay");
+            json.push_str(&format!(
+                ",\"ratio_cpu_per_delivery\":{},\"ratio_cpu_per_delivery_at_max\":{},\"ratio_idle_memory\":{},\"ratio_max_throughput\":{}",
+                num(cpu_ratio),
+                num(max_cpu_ratio),
+                num(mem_ratio),
+                num(tput_ratio)
+            ));
+        }
+        let goal_mem = m.idle_bytes_per_conn <= 2048.0;
+        let goal_lat = m.load.p99_us < 1000.0 && m.load.per_sec >= 0.95 * opts.rate;
+        println!("== goals");
+        println!(
+            "  CPU/delivery <= 1/25 of y-websocket: {}",
+            match goal_cpu {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            }
+        );
+        println!(
+            "  idle memory <= 2 KiB/connection: {} ({:.0} B)",
+            if goal_mem { "met" } else { "NOT met" },
+            m.idle_bytes_per_conn
+        );
+        println!(
+            "  p99 latency < 1 ms at {:.0} deliveries/s: {} (p99 {:.0} us)",
+            opts.rate,
+            if goal_lat { "met" } else { "NOT met" },
+            m.load.p99_us
+        );
+        json.push_str(&format!(
+            ",\"goal_cpu\":{},\"goal_memory\":{goal_mem},\"goal_latency\":{goal_lat}",
+            goal_cpu.map_or("null".to_string(), |g| g.to_string())
+        ));
+    }
+    if !notes.is_empty() {
+        let joined = notes.join("; ").replace('\\', "\\\\").replace('"', "'");
+        json.push_str(&format!(",\"notes\":\"{joined}\""));
+    }
+    json.push('}');
+    json
+}
