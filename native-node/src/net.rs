@@ -151,7 +151,8 @@ pub async fn run(
             for out in outs.drain(..) {
                 match out {
                     Output::Send { link: l, bytes } if l == link => {
-                        if ws.send(Message::Binary(bytes.into())).await.is_err() {
+                        let sent = ws.send(Message::Binary(bytes.into())).await;
+                        if sent.is_err() {
                             break 'connected None;
                         }
                     }
