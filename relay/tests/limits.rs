@@ -364,3 +364,157 @@ async fn idle_connections_are_pinged_then_closed() {
     assert_eq!(metric(&m, "mycel_relay_idle_timeouts_total"), 1.0);
     relay.stop().await;
 }
+
+/// A hand-rolled client: the handshake and masked frames written by hand,
+/// to reach framing cases a WebSocket library never produces.
+struct Raw {
+    tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Handshake; `extra` is sent in the same write (pipelined frames).
+    async fn connect(addr: std::net::SocketAddr, extra: &[u8]) -> Raw {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+        req.extend_from_slice(extra);
+        tcp.write_all(&req).await.unwrap();
+        let mut raw = Raw {
+            tcp,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(p) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            raw.fill().await;
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        raw.buf.drain(..end);
+        raw
+    }
+
+    async fn fill(&mut self) {
+        let mut b = [0u8; 4096];
+        let n = timeout(WAIT, self.tcp.read(&mut b)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed");
+        self.buf.extend_from_slice(&b[..n]);
+    }
+
+    /// The next server frame: (opcode, payload).
+    async fn frame(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if self.buf.len() >= 2 {
+                let len = (self.buf[1] & 0x7f) as usize;
+                let (len, at) = match len {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= at + len {
+                    let op = self.buf[0] & 0x0f;
+                    let p = self.buf[at..at + len].to_vec();
+                    self.buf.drain(..at + len);
+                    return (op, p);
+                }
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn event(&mut self) -> RelayEvent {
+        loop {
+            let (op, p) = self.frame().await;
+            if op == 2 {
+                return mycel_core::wire::decode_frame(&p, 1 << 20).unwrap();
+            }
+        }
+    }
+}
+
+/// A masked client frame.
+fn masked(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_framing_edge_cases() {
+    let relay = Relay::start(Config::default()).await;
+    let join = mycel_core::wire::encode_frame(&RelayRequest::Join { room: room(4) });
+    // A frame pipelined with the handshake (the relay gets it from the
+    // HTTP layer's buffer), split across two writes.
+    let first = masked(true, 2, &join);
+    let mut c = Raw::connect(relay.addr, &first[..3]).await;
+    c.tcp.write_all(&first[3..]).await.unwrap();
+    assert!(matches!(c.event().await, RelayEvent::Joined { .. }));
+
+    // A fragmented message with a ping between its fragments.
+    let ping = mycel_core::wire::encode_frame(&RelayRequest::Ping { nonce: 77 });
+    let mut bytes = masked(false, 2, &ping[..2]);
+    bytes.extend(masked(true, 9, b"hi"));
+    bytes.extend(masked(false, 0, &ping[2..4]));
+    bytes.extend(masked(true, 0, &ping[4..]));
+    // Written one byte at a time: every parse state sees a partial frame.
+    for b in bytes {
+        c.tcp.write_all(&[b]).await.unwrap();
+    }
+    assert_eq!(
+        c.frame().await,
+        (0xA, b"hi".to_vec()),
+        "pong echoes the ping"
+    );
+    assert_eq!(c.event().await, RelayEvent::Pong { nonce: 77 });
+
+    // A 300-byte payload (16-bit length) to a room not joined: NOT_JOINED.
+    let big = mycel_core::wire::encode_frame(&RelayRequest::Publish {
+        room: room(5),
+        payload: vec![9; 300].into(),
+    });
+    c.tcp.write_all(&masked(true, 2, &big)).await.unwrap();
+    match c.event().await {
+        RelayEvent::Error { code, .. } => assert_eq!(code, relay_error::NOT_JOINED),
+        other => panic!("{other:?}"),
+    }
+
+    // Client close: the relay echoes the code and closes the TCP stream.
+    c.tcp
+        .write_all(&masked(true, 8, &4321u16.to_be_bytes()))
+        .await
+        .unwrap();
+    let (op, p) = c.frame().await;
+    assert_eq!((op, &p[..2]), (8, &4321u16.to_be_bytes()[..]));
+    let mut rest = Vec::new();
+    timeout(WAIT, c.tcp.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Framing errors close with 1002: unmasked, continuation first.
+    for bad in [vec![0x82, 0x00], masked(true, 0, b"x")] {
+        let mut c = Raw::connect(relay.addr, &[]).await;
+        c.tcp.write_all(&bad).await.unwrap();
+        let (op, p) = c.frame().await;
+        assert_eq!(op, 8);
+        assert_eq!(u16::from_be_bytes([p[0], p[1]]), close_code::PROTOCOL);
+    }
+
+    // Not a WebSocket handshake on /ws.
+    let (head, _) = relay.get("/ws").await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    relay.stop().await;
+}

@@ -115,10 +115,14 @@ fn serve_child(port: u16) {
         burst_bytes: mycel_relay::ByteSize(1 << 30),
         ..mycel_relay::Config::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("MYCEL_BENCH_RELAY_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
     rt.block_on(async move {
         let listener = mycel_relay::bind(config.listen).expect("bind");
         let stop = async {
@@ -193,8 +197,8 @@ impl Server {
         self.child.id()
     }
 
-    /// User + system CPU seconds of the whole process, all threads.
-    fn cpu_secs(&self) -> f64 {
+    /// (user, system) CPU seconds of the whole process, all threads.
+    fn cpu_split(&self) -> (f64, f64) {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the parenthesised command name; utime and stime are
@@ -202,7 +206,7 @@ impl Server {
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / clk_tck()
+        (ticks(11) / clk_tck(), ticks(12) / clk_tck())
     }
 
     fn rss_kib(&self) -> f64 {
@@ -436,6 +440,8 @@ struct LoadResult {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Share of the server's CPU time spent in the kernel.
+    sys_share: f64,
 }
 
 /// Runs one load phase: `rooms` rooms of `ROOM_SIZE`, `SENDERS` senders
@@ -458,7 +464,7 @@ async fn load(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let deadline = start + Duration::from_secs_f64(secs) + Duration::from_secs(5);
-    let cpu0 = server.cpu_secs();
+    let cpu0 = server.cpu_split();
 
     let mut readers = Vec::new();
     let mut writers = Vec::new();
@@ -530,7 +536,7 @@ async fn load(
         last = last.max(t);
         halves.push(rx);
     }
-    let cpu1 = server.cpu_secs();
+    let cpu1 = server.cpu_split();
     for w in writers {
         let _ = w.await;
     }
@@ -544,7 +550,8 @@ async fn load(
     };
     let secs_taken = (last - start).as_secs_f64().max(1e-9);
     let expected = (rooms as u64) * (SENDERS as u64) * n_per_sender * (ROOM_SIZE as u64 - 1);
-    let cpu = cpu1 - cpu0;
+    let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
+    let sys_share = (cpu1.1 - cpu0.1) / cpu.max(1e-9);
     Ok(LoadResult {
         offered: rate,
         expected,
@@ -556,6 +563,7 @@ async fn load(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         p999_us: pct(0.999),
+        sys_share,
     })
 }
 
@@ -664,13 +672,14 @@ async fn load_max(kind: Kind, server: &Server, opts: &Opts) -> Result<LoadResult
 
 fn print_load(what: &str, r: &LoadResult) {
     println!(
-        "  {what}: offered {:.0}/s, delivered {}/{} in {:.2}s = {:.0} deliveries/s; server CPU {:.3}s = {:.3} us/delivery; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        "  {what}: offered {:.0}/s, delivered {}/{} in {:.2}s = {:.0} deliveries/s; server CPU {:.3}s ({:.0}% kernel) = {:.3} us/delivery; latency p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
         r.offered,
         r.delivered,
         r.expected,
         r.secs,
         r.per_sec,
         r.cpu_secs,
+        r.sys_share * 100.0,
         r.cpu_us_per_delivery,
         r.p50_us,
         r.p99_us,
