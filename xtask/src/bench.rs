@@ -6,7 +6,7 @@ use crate::Ctx;
 use crate::sh::{Error, Result, Steps};
 
 /// The benchmarks this command knows, the first being the default.
-const BENCHES: &[&str] = &["core"];
+const BENCHES: &[&str] = &["core", "relay", "node"];
 
 pub fn run(ctx: &Ctx, args: &[String]) -> Result {
     let (name, rest) = match args.split_first() {
@@ -24,6 +24,28 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result {
     };
     match name {
         "core" => core(ctx, extra),
+        "relay" => Steps::new().step("relay benchmark (mycel-relay relay-bench)", || {
+            ctx.cargo()
+                .args(["run", "--release", "--locked", "-p", "mycel-relay"])
+                .args(["--bin", "relay-bench", "--"])
+                .args(extra)
+                .run()
+        }),
+        "node" => {
+            let mut steps = Steps::new();
+            steps.step("build mycel-node (release)", || {
+                ctx.cargo()
+                    .args(["build", "--release", "--locked", "-p", "mycel-node"])
+                    .run()
+            })?;
+            steps.step("node benchmark (set-bench)", || {
+                ctx.cargo()
+                    .args(["run", "--release", "--locked", "-p", "mycel-node"])
+                    .args(["--bin", "set-bench", "--"])
+                    .args(extra)
+                    .run()
+            })
+        }
         other => Err(Error(format!(
             "unknown benchmark `{other}`; known benchmarks: {}",
             BENCHES.join(", ")

@@ -28,8 +28,10 @@ commands:
                          $MYCEL_RELAY_LISTEN (default 127.0.0.1:8080)
   dist                   release build of the relay, the npm package (wasm/pkg)
                          and the web app (www/dist)
-  bench [NAME] [-- ARGS] run a benchmark; NAME is `core` (the default), which replays
-                         $MYCEL_TRACE or ../shared/data/traces/automerge-paper.json.gz
+  bench [NAME] [-- ARGS] run a benchmark: `core` (the default) replays $MYCEL_TRACE or
+                         ../shared/data/traces/automerge-paper.json.gz; `relay` loads the
+                         relay beside y-websocket; `node` times `mycel-node set`
+  container [IMAGE]      build the relay's FROM-scratch container image with podman
   fuzz [--seconds N] [TARGET...]
                          run each fuzz target of fuzz/fuzz_targets for N seconds
                          (default 30), installing cargo-fuzz if missing
@@ -89,6 +91,11 @@ fn main() -> ExitCode {
         "dist" => no_args(command, rest).and_then(|()| dist::dist(&ctx)),
         "bench" => bench::run(&ctx, rest),
         "fuzz" => fuzz::run(&ctx, rest),
+        "container" => ctx
+            .cmd("bash")
+            .arg("relay/container/build.sh")
+            .args(rest)
+            .run(),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
