@@ -186,7 +186,14 @@ impl Envelope {
             return Err(WireError::Malformed("an envelope is an array of 3".into()));
         }
         let header_bytes = d.bytes()?;
-        let header: EnvelopeHeader = minicbor::decode(header_bytes)?;
+        let mut hd = Decoder::new(header_bytes);
+        let header: EnvelopeHeader = hd.decode()?;
+        if hd.position() != header_bytes.len() {
+            // One header, one encoding: no bytes may hide behind it.
+            return Err(WireError::Malformed(
+                "trailing bytes in envelope header".into(),
+            ));
+        }
         if header.version != WIRE_VERSION {
             return Err(WireError::UnsupportedVersion(header.version.into()));
         }
@@ -256,10 +263,8 @@ impl Envelope {
 }
 
 fn byte_range(d: &mut Decoder<'_>) -> Result<Range<usize>, WireError> {
-    let before = d.position();
     let b = d.bytes()?;
     let end = d.position();
-    let _ = before;
     Ok(end - b.len()..end)
 }
 
