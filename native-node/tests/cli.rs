@@ -1,40 +1,11 @@
 //! The CLI as a person or a script uses it: real processes, real files.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
+use support::{bin, data_dir, node, ok};
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mycel-node")
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "mycel-cli-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn node(data: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("MYCEL_DATA", data)
-        .output()
-        .expect("run mycel-node")
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let out = node(data, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn fails(data: &Path, args: &[&str]) -> String {
     let out = node(data, args);

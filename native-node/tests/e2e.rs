@@ -1,43 +1,14 @@
 //! End to end: real relay, real node processes, 127.0.0.1 only.
 
+mod support;
+use support::{bin, data_dir, node, ok};
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_mycel-node")
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "mycel-e2e-{name}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn node(data: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("MYCEL_DATA", data)
-        .output()
-        .expect("run mycel-node")
-}
-
-fn ok(data: &Path, args: &[&str]) -> String {
-    let out = node(data, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn spawn(data: &Path, args: &[&str]) -> Child {
     Command::new(bin())
