@@ -14,5 +14,6 @@
 //! ```
 
 pub mod dump;
+pub mod gossip_sim;
 pub mod sim;
 pub mod trace;
