@@ -163,6 +163,9 @@ pub struct GossipSimReport {
     pub frames: u64,
     pub frames_lost: u64,
     pub violations: Violations,
+    /// Dissemination frames per live peer in the 5 s after each warm-up
+    /// broadcast (the one that sets up the origin's own tree floods).
+    pub warmup_msgs_per_peer: Vec<f64>,
     pub baseline: Option<BaselineReport>,
 }
 
@@ -190,6 +193,7 @@ impl GossipSimReport {
             "rounds": b.rounds,
             "msgs_per_peer": round3(b.msgs_per_peer),
             "max_active_view": self.max_active_view,
+            "warmup_msgs_per_peer": self.warmup_msgs_per_peer,
             "seed": self.seed,
             "loss": self.loss,
             "churn": self.churn,
@@ -373,6 +377,8 @@ pub struct GossipSim {
     /// Sends since `measure_from`: (ms after it, kind).
     log: Vec<(u32, Kind)>,
     measure_from: Option<u64>,
+    /// A peer churn never crashes (the measured broadcaster).
+    pub protected: Option<u32>,
     pub violations: Violations,
     pub max_active_view: usize,
     pub events_run: u64,
@@ -414,6 +420,7 @@ impl GossipSim {
             deliveries: HashMap::new(),
             log: Vec::new(),
             measure_from: None,
+            protected: None,
             violations: Violations::default(),
             max_active_view: 0,
             events_run: 0,
@@ -733,8 +740,14 @@ impl GossipSim {
                 self.spawn();
             }
             EvKind::Crash => {
-                if !self.alive.is_empty() {
-                    let i = self.alive[self.rng.random_range(0..self.alive.len())];
+                let victims: Vec<u32> = self
+                    .alive
+                    .iter()
+                    .copied()
+                    .filter(|i| Some(*i) != self.protected)
+                    .collect();
+                if !victims.is_empty() {
+                    let i = victims[self.rng.random_range(0..victims.len())];
                     self.crash(i);
                 }
             }
@@ -800,6 +813,7 @@ impl GossipSim {
             if g.active_len() > c.active_view
                 || g.passive_view().len() > c.passive_view
                 || g.table_len() > c.max_peers
+                || g.origin_trees() > c.origin_trees
             {
                 self.violations.bounds += 1;
             }
@@ -873,7 +887,8 @@ impl GossipSim {
     /// Prints (stderr) distances from `origin` in the overlay and along
     /// the eager tree, and how symmetric the tree is.
     pub fn describe_overlay(&self, origin: u32, alive: &[u32]) {
-        for (name, eager) in [("overlay", false), ("eager tree", true)] {
+        let tree = Some(self.peer_id(origin));
+        for (name, eager) in [("overlay", false), ("origin's eager tree", true)] {
             let mut dist: HashMap<u32, u64> = HashMap::new();
             dist.insert(origin, 0);
             let mut q = std::collections::VecDeque::from([origin]);
@@ -881,7 +896,7 @@ impl GossipSim {
                 let dx = dist[&x];
                 let Some(g) = self.gossip(x) else { continue };
                 let next = if eager {
-                    g.eager_peers()
+                    g.eager_peers(&tree)
                 } else {
                     g.active_view()
                 };
@@ -904,12 +919,12 @@ impl GossipSim {
         let (mut ends, mut asymmetric) = (0, 0);
         for &i in alive {
             let Some(g) = self.gossip(i) else { continue };
-            for p in g.eager_peers() {
+            for p in g.eager_peers(&tree) {
                 ends += 1;
                 let back = self
                     .index_of(&p)
                     .and_then(|j| self.gossip(j))
-                    .is_some_and(|h| h.eager_peers().contains(&self.peer_id(i)));
+                    .is_some_and(|h| h.eager_peers(&tree).contains(&self.peer_id(i)));
                 if !back {
                     asymmetric += 1;
                 }
@@ -1051,11 +1066,23 @@ pub fn run(cfg: &GossipSimConfig) -> GossipSimReport {
         sim.at(t, EvKind::Spawn);
     }
     sim.run_until(cfg.join_window_ms + cfg.settle_ms);
+    // One peer (an editor) broadcasts the warm-ups and the measured
+    // message, so steady state means its own tree, set up by a warm-up.
+    let origin = sim.alive[sim.rng.random_range(0..sim.alive.len())];
+    sim.protected = Some(origin);
+    let mut warmup_msgs_per_peer = Vec::new();
     for _ in 0..cfg.warmups {
-        let o = sim.alive[sim.rng.random_range(0..sim.alive.len())];
-        let w = sim.broadcast(o);
+        sim.start_measuring();
+        let w = sim.broadcast(origin);
         let t = sim.now + 5_000;
         sim.run_until(t);
+        let per = sim.alive.len().max(1) as f64;
+        warmup_msgs_per_peer.push(round3(
+            sim.sent_between(0, 5_000, |k| {
+                matches!(k, Kind::Gossip | Kind::IHave | Kind::Graft | Kind::Prune)
+            }) as f64
+                / per,
+        ));
         if cfg.verbose {
             let d = &sim.deliveries[&w];
             let hops = histogram(d.values().map(|(_, h)| u64::from(*h)));
@@ -1096,7 +1123,6 @@ pub fn run(cfg: &GossipSimConfig) -> GossipSimReport {
         .max()
         .unwrap_or(0);
     let components = sim.components();
-    let origin = alive_at_b[sim.rng.random_range(0..alive_at_b.len())];
     if cfg.verbose {
         sim.describe_overlay(origin, &alive_at_b);
     }
@@ -1178,6 +1204,7 @@ pub fn run(cfg: &GossipSimConfig) -> GossipSimReport {
         frames: sim.frames,
         frames_lost: sim.frames_lost,
         violations: sim.violations.clone(),
+        warmup_msgs_per_peer,
         baseline,
     }
 }

@@ -6,7 +6,7 @@ use crate::Ctx;
 use crate::sh::{Error, Result, Steps};
 
 /// The benchmarks this command knows, the first being the default.
-const BENCHES: &[&str] = &["core", "relay", "node"];
+const BENCHES: &[&str] = &["core", "relay", "node", "gossip"];
 
 pub fn run(ctx: &Ctx, args: &[String]) -> Result {
     let (name, rest) = match args.split_first() {
@@ -46,6 +46,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result {
                     .run()
             })
         }
+        "gossip" => gossip(ctx, extra),
         other => Err(Error(format!(
             "unknown benchmark `{other}`; known benchmarks: {}",
             BENCHES.join(", ")
@@ -89,4 +90,45 @@ fn core(ctx: &Ctx, extra: &[String]) -> Result {
             .args(extra)
             .run()
     })
+}
+
+/// The gossip simulator: with arguments, one run of them; without, the
+/// issue's four scenarios (1,000 and 10,000 peers, without and with 5%
+/// loss and 10% churn), each beside the push-only baseline.
+fn gossip(ctx: &Ctx, extra: &[String]) -> Result {
+    let mut steps = Steps::new();
+    steps.step("build gossip-sim (release)", || {
+        ctx.cargo()
+            .args(["build", "--release", "--locked", "-p", "mycel-tests"])
+            .args(["--bin", "gossip-sim"])
+            .run()
+    })?;
+    let default_runs: Vec<Vec<String>> = ["1000", "10000"]
+        .iter()
+        .flat_map(|peers| {
+            let plain = vec!["--peers".to_string(), peers.to_string()];
+            let mut faulty = plain.clone();
+            faulty.extend(["--loss", "0.05", "--churn", "0.1"].map(String::from));
+            [plain, faulty]
+        })
+        .map(|mut a| {
+            a.push("--baseline".into());
+            a
+        })
+        .collect();
+    let runs = if extra.is_empty() {
+        default_runs
+    } else {
+        vec![extra.to_vec()]
+    };
+    for args in runs {
+        steps.step(&format!("gossip-sim {}", args.join(" ")), || {
+            ctx.cargo()
+                .args(["run", "--release", "--locked", "-q", "-p", "mycel-tests"])
+                .args(["--bin", "gossip-sim", "--"])
+                .args(&args)
+                .run()
+        })?;
+    }
+    Ok(())
 }

@@ -30,7 +30,8 @@ commands:
                          and the web app (www/dist)
   bench [NAME] [-- ARGS] run a benchmark: `core` (the default) replays $MYCEL_TRACE or
                          ../shared/data/traces/automerge-paper.json.gz; `relay` loads the
-                         relay beside y-websocket; `node` times `mycel-node set`
+                         relay beside y-websocket; `node` times `mycel-node set`;
+                         `gossip` runs the gossip simulator at 1,000 and 10,000 peers
   container [IMAGE]      build the relay's FROM-scratch container image with podman
   fuzz [--seconds N] [TARGET...]
                          run each fuzz target of fuzz/fuzz_targets for N seconds

@@ -47,6 +47,13 @@ pub struct GossipConfig {
     /// (the default: announcements ride on heartbeats, so they arrive late,
     /// and in the simulator the switches cost more than they save).
     pub optimization_threshold: u8,
+    /// A peer that broadcasts this many messages within
+    /// `own_tree_window_ms` sends them on its own spanning tree (0: never;
+    /// 1: always). Its first message on it floods the overlay once.
+    pub own_tree_broadcasts: usize,
+    pub own_tree_window_ms: u64,
+    /// Origins' own trees a peer keeps links for (least recently used out).
+    pub origin_trees: usize,
     /// Message ids remembered to suppress duplicates (bounded, oldest out).
     pub dedup_capacity: usize,
     /// Payloads kept to answer grafts: count, bytes and age bounds.
@@ -83,6 +90,9 @@ impl Default for GossipConfig {
             graft_timeout_ms: 1_000,
             graft_retry_ms: 500,
             optimization_threshold: 0,
+            own_tree_broadcasts: 2,
+            own_tree_window_ms: 60_000,
+            origin_trees: 128,
             dedup_capacity: 16_384,
             cache_capacity: 1024,
             cache_bytes: 32 * 1024 * 1024,

@@ -27,6 +27,8 @@ pub const MAX_PAYLOAD: usize = 960 * 1024;
 pub const MAX_SAMPLE: usize = 64;
 /// Most message ids in one `IHave`, `Heartbeat` or `Graft`.
 pub const MAX_IDS: usize = 1024;
+/// Most trees named in one `Graft`.
+pub const MAX_TREES: usize = 64;
 /// Most addresses one peer advertises.
 pub const MAX_ADDRESSES: usize = 8;
 /// Longest address, in bytes.
@@ -75,6 +77,12 @@ impl<'b, C> Decode<'b, C> for MsgId {
             .map_err(|_| minicbor::decode::Error::message("message id has the wrong length"))
     }
 }
+
+/// The spanning tree a broadcast travels (Plumtree): `Some(origin)` for
+/// the origin's own tree, which frequent broadcasters use because a tree
+/// rooted at its origin is shallow; `None` for the swarm's shared tree,
+/// which costs nothing to set up but is deep from most origins.
+pub type Tree = Option<PeerId>;
 
 /// A broadcast payload: shared, so forwarding to several peers and
 /// caching for grafts never copies it.
@@ -246,6 +254,10 @@ pub enum Message {
         hops: u8,
         #[n(1)]
         payload: Payload,
+        /// The spanning tree it travels: its origin's own tree, or (null)
+        /// the swarm's shared one.
+        #[n(2)]
+        tree: Tree,
     },
     /// Lazy push: ids of messages the sender has (when they do not fit in
     /// a heartbeat).
@@ -254,19 +266,23 @@ pub enum Message {
         #[n(0)]
         have: Vec<Have>,
     },
-    /// "Send me these, and push to me eagerly from now on" (empty: only the
-    /// latter).
+    /// "Send me these, and push to me eagerly from now on on their trees
+    /// and on `trees`".
     #[n(12)]
     Graft {
         #[n(0)]
         ids: Vec<MsgId>,
+        #[n(1)]
+        trees: Vec<Tree>,
     },
-    /// "I got `id` from you when I had it already: push to me lazily from
-    /// now on".
+    /// "I got `id` from you when I had it already: push to me lazily on
+    /// `tree` from now on".
     #[n(13)]
     Prune {
         #[n(0)]
         id: MsgId,
+        #[n(1)]
+        tree: Tree,
     },
 }
 
@@ -385,7 +401,10 @@ impl Message {
             Message::Heartbeat { have, .. } | Message::IHave { have } => {
                 many("message ids", have.len(), MAX_IDS)
             }
-            Message::Graft { ids } => many("message ids", ids.len(), MAX_IDS),
+            Message::Graft { ids, trees } => {
+                many("message ids", ids.len(), MAX_IDS)?;
+                many("trees", trees.len(), MAX_TREES)
+            }
             Message::Gossip { payload, .. } if payload.len() > MAX_PAYLOAD => {
                 Err(WireError::TooLarge {
                     len: payload.len(),

@@ -24,7 +24,9 @@
 //!   and announced lazily (`IHave`, riding on heartbeats) on the other
 //!   links; a peer that learns of a message it lacks grafts it. So a
 //!   broadcast reaches every live peer even when pushes are lost, at
-//!   close to one message per peer.
+//!   close to one message per peer. A frequent broadcaster's messages
+//!   follow a tree of its own, rooted at it and so shallow; occasional
+//!   ones share one tree that costs nothing to set up.
 //! - **Sessions and replay**: each frame carries the sender's random
 //!   session, a counter, and the recipient's session as the sender knows
 //!   it (`echo`). Only `Hello` is accepted without the right echo; it
@@ -70,6 +72,6 @@ mod table;
 
 pub use codec::{Codec, CodecStats, SealedGossip, SealedOutput};
 pub use config::GossipConfig;
-pub use message::{Frame, Have, Kind, Message, MsgId, Payload, PeerInfo};
+pub use message::{Frame, Have, Kind, Message, MsgId, Payload, PeerInfo, Tree};
 pub use state::{Gossip, GossipError, GossipStats, Input, Output};
 pub use table::PeerEntry;

@@ -7,7 +7,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use super::config::GossipConfig;
-use super::message::{Frame, Have, Kind, MAX_IDS, MAX_PAYLOAD, Message, MsgId, Payload, PeerInfo};
+use super::message::{
+    Frame, Have, Kind, MAX_IDS, MAX_PAYLOAD, Message, MsgId, Payload, PeerInfo, Tree,
+};
 use super::table::{Admit, PeerEntry};
 use crate::crypto::Rng;
 use crate::id::PeerId;
@@ -159,8 +161,6 @@ impl GossipStats {
 #[derive(Debug, Clone)]
 struct ActivePeer {
     peer: PeerId,
-    /// Plumtree: push full messages (else only announce them).
-    eager: bool,
     /// Nonce of the unanswered heartbeat (0: none) and when it was sent.
     ping: u64,
     ping_at: Timestamp,
@@ -185,7 +185,17 @@ struct Probe {
 struct Seen {
     hops: u8,
     from: Option<PeerId>,
+    tree: Tree,
     at: Timestamp,
+}
+
+/// The lazy links of one spanning tree (Plumtree): active peers not in
+/// `lazy` are eager, so a new link starts eager on every tree.
+#[derive(Debug, Clone, Default)]
+struct TreeLinks {
+    lazy: Vec<PeerId>,
+    /// Use counter for least-recently-used eviction of origin trees.
+    used: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -237,6 +247,12 @@ pub struct Gossip {
     cache_order: VecDeque<(MsgId, Timestamp)>,
     cache_bytes: usize,
     missing: BTreeMap<MsgId, Missing>,
+    /// Spanning trees: the shared one (`None`, always kept) and origins'
+    /// own, bounded by `origin_trees`.
+    trees: BTreeMap<Tree, TreeLinks>,
+    tree_clock: u64,
+    /// When this peer's recent broadcasts were made (own-tree decision).
+    own_broadcasts: VecDeque<Timestamp>,
     timers: BTreeMap<(Timestamp, u64), Timer>,
     timer_seq: u64,
     expiry_at: Option<Timestamp>,
@@ -299,6 +315,9 @@ impl Gossip {
             cache_order: VecDeque::new(),
             cache_bytes: 0,
             missing: BTreeMap::new(),
+            trees: BTreeMap::new(),
+            tree_clock: 0,
+            own_broadcasts: VecDeque::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             expiry_at: None,
@@ -335,13 +354,17 @@ impl Gossip {
     pub fn passive_view(&self) -> &[PeerId] {
         &self.passive
     }
-    /// Active peers that messages are pushed to eagerly (the spanning tree).
-    pub fn eager_peers(&self) -> Vec<PeerId> {
+    /// Active peers that messages on `tree` are pushed to eagerly.
+    pub fn eager_peers(&self, tree: &Tree) -> Vec<PeerId> {
         self.active
             .iter()
-            .filter(|a| a.eager)
+            .filter(|a| self.is_eager(tree, &a.peer))
             .map(|a| a.peer)
             .collect()
+    }
+    /// Origin trees this peer keeps links for (the shared tree aside).
+    pub fn origin_trees(&self) -> usize {
+        self.trees.keys().filter(|t| t.is_some()).count()
     }
     pub fn is_active(&self, peer: &PeerId) -> bool {
         self.active.iter().any(|a| a.peer == *peer)
@@ -869,19 +892,23 @@ impl Gossip {
                 self.on_disconnect(from, alive);
                 Ok(())
             }
-            Message::Gossip { hops, payload } => self.on_gossip(from, hops, payload),
+            Message::Gossip {
+                hops,
+                payload,
+                tree,
+            } => self.on_gossip(from, hops, tree, payload),
             Message::IHave { have } => {
                 if self.is_active(&from) {
                     self.on_ihave(from, &have);
                 }
                 Ok(())
             }
-            Message::Graft { ids } => {
-                self.on_graft(from, &ids);
+            Message::Graft { ids, trees } => {
+                self.on_graft(from, &ids, &trees);
                 Ok(())
             }
-            Message::Prune { id } => {
-                self.on_prune(from, id);
+            Message::Prune { id, tree } => {
+                self.on_prune(from, id, tree);
                 Ok(())
             }
         }
@@ -948,7 +975,6 @@ impl Gossip {
         }
         self.active.push(ActivePeer {
             peer,
-            eager: true,
             ping: 0,
             ping_at: self.now,
             heard: true,
@@ -962,6 +988,9 @@ impl Gossip {
             return false;
         };
         self.active.remove(i);
+        for t in self.trees.values_mut() {
+            t.lazy.retain(|p| *p != peer);
+        }
         for m in self.missing.values_mut() {
             m.announcers.retain(|(p, _)| *p != peer);
         }
@@ -1440,24 +1469,95 @@ impl Gossip {
         if self.seen.contains_key(&id) {
             return Ok(id);
         }
-        self.remember(id, 0, None);
+        let tree = self.tree_for_own_broadcast();
+        self.remember(id, 0, None, tree);
         self.cache_put(id, payload.clone());
         // No tree yet (or none left): push to every active peer.
-        if !self.active.iter().any(|a| a.eager) {
-            for a in &mut self.active {
-                a.eager = true;
-            }
+        if !self.active.iter().any(|a| self.is_eager(&tree, &a.peer)) {
+            self.trees.remove(&tree);
         }
-        self.push_eager(1, &payload, None);
+        self.push_eager(1, tree, &payload, None);
         Ok(id)
     }
 
-    /// Pushes a copy at `hops` to the eager peers (the tree).
-    fn push_eager(&mut self, hops: u8, payload: &Payload, except: Option<PeerId>) {
+    /// A frequent broadcaster sends on its own tree: the first message on
+    /// it floods (about one copy per link), later ones follow a tree
+    /// rooted here, far shallower than the shared tree seen from most
+    /// origins. An occasional broadcast takes the shared tree.
+    fn tree_for_own_broadcast(&mut self) -> Tree {
+        let window = self.config.own_tree_window_ms;
+        while let Some(at) = self.own_broadcasts.front()
+            && at.0.saturating_add(window) < self.now.0
+        {
+            self.own_broadcasts.pop_front();
+        }
+        self.own_broadcasts.push_back(self.now);
+        let need = self.config.own_tree_broadcasts;
+        while self.own_broadcasts.len() > need.max(1) {
+            self.own_broadcasts.pop_front();
+        }
+        if need > 0 && self.own_broadcasts.len() >= need {
+            Some(self.me)
+        } else {
+            None
+        }
+    }
+
+    fn is_eager(&self, tree: &Tree, peer: &PeerId) -> bool {
+        self.trees.get(tree).is_none_or(|t| !t.lazy.contains(peer))
+    }
+
+    /// Marks the link to `peer` eager or lazy on `tree`. Origin trees
+    /// beyond `origin_trees` evict the least recently used one, whose next
+    /// message then floods once more.
+    fn set_eager(&mut self, tree: Tree, peer: PeerId, eager: bool) {
+        self.tree_clock += 1;
+        let clock = self.tree_clock;
+        if let Some(t) = self.trees.get_mut(&tree) {
+            t.used = clock;
+            if eager {
+                t.lazy.retain(|p| *p != peer);
+            } else if !t.lazy.contains(&peer) {
+                t.lazy.push(peer);
+            }
+            return;
+        }
+        if eager {
+            return;
+        }
+        if tree.is_some() && self.origin_trees() >= self.config.origin_trees {
+            if self.config.origin_trees == 0 {
+                return;
+            }
+            let oldest = self
+                .trees
+                .iter()
+                .filter(|(k, _)| k.is_some())
+                .min_by_key(|(_, t)| t.used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.trees.remove(&k);
+            }
+        }
+        self.trees.insert(
+            tree,
+            TreeLinks {
+                lazy: alloc::vec![peer],
+                used: clock,
+            },
+        );
+    }
+
+    /// Pushes a copy at `hops` to the eager peers of `tree`.
+    fn push_eager(&mut self, hops: u8, tree: Tree, payload: &Payload, except: Option<PeerId>) {
+        if let Some(t) = self.trees.get_mut(&tree) {
+            self.tree_clock += 1;
+            t.used = self.tree_clock;
+        }
         let targets: Vec<PeerId> = self
             .active
             .iter()
-            .filter(|a| a.eager && Some(a.peer) != except)
+            .filter(|a| Some(a.peer) != except && self.is_eager(&tree, &a.peer))
             .map(|a| a.peer)
             .collect();
         for t in targets {
@@ -1466,55 +1566,66 @@ impl Gossip {
                 Message::Gossip {
                     hops,
                     payload: payload.clone(),
+                    tree,
                 },
             );
         }
     }
 
-    fn on_gossip(&mut self, from: PeerId, hops: u8, payload: Payload) -> Result<(), GossipError> {
+    fn on_gossip(
+        &mut self,
+        from: PeerId,
+        hops: u8,
+        tree: Tree,
+        payload: Payload,
+    ) -> Result<(), GossipError> {
         if hops == 0 || hops > self.config.ttl {
             self.stats.ttl_exceeded += 1;
             return Err(GossipError::TtlExceeded { hops });
         }
         let id = MsgId::of(&payload);
+        let from_active = self.is_active(&from);
         if let Some(s) = self.seen.get_mut(&id) {
             self.stats.duplicates += 1;
             // A cycle in the tree. A copy over fewer hops: keep that link
             // eager and prune the first one instead, so the tree tends to
             // shortest paths; else prune this one (Plumtree).
             let parent = s.from;
-            let shorter = hops < s.hops
-                && parent.is_some_and(|p| p != from)
-                && self.active.iter().any(|a| a.peer == from);
+            let tree = s.tree;
+            let shorter = hops < s.hops && parent.is_some_and(|p| p != from) && from_active;
             if shorter {
                 s.hops = hops;
                 s.from = Some(from);
                 if let Some(p) = parent
-                    && let Some(pa) = self.active.iter_mut().find(|a| a.peer == p)
-                    && pa.eager
+                    && self.is_active(&p)
+                    && self.is_eager(&tree, &p)
                 {
-                    pa.eager = false;
-                    self.send(p, Message::Prune { id });
+                    self.set_eager(tree, p, false);
+                    self.send(p, Message::Prune { id, tree });
                 }
-                if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
-                    a.eager = true;
-                }
+                self.set_eager(tree, from, true);
                 // It may have pruned this peer already (its copy and this
                 // peer's crossed): make sure it pushes here.
-                self.send(from, Message::Graft { ids: Vec::new() });
-            } else if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
+                self.send(
+                    from,
+                    Message::Graft {
+                        ids: Vec::new(),
+                        trees: alloc::vec![tree],
+                    },
+                );
+            } else if from_active {
                 // Also when already lazy here: an earlier Prune was lost,
                 // and the sender still pushes.
-                a.eager = false;
-                self.send(from, Message::Prune { id });
+                self.set_eager(tree, from, false);
+                self.send(from, Message::Prune { id, tree });
             }
             return Ok(());
         }
-        self.remember(id, hops, Some(from));
+        self.remember(id, hops, Some(from), tree);
         self.cache_put(id, payload.clone());
         self.missing.remove(&id);
-        if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
-            a.eager = true;
+        if from_active {
+            self.set_eager(tree, from, true);
         }
         self.stats.delivered += 1;
         self.outputs.push_back(Output::Deliver {
@@ -1524,7 +1635,7 @@ impl Gossip {
             hops,
         });
         if hops < self.config.ttl {
-            self.push_eager(hops + 1, &payload, Some(from));
+            self.push_eager(hops + 1, tree, &payload, Some(from));
         }
         Ok(())
     }
@@ -1565,22 +1676,28 @@ impl Gossip {
                 // take it as parent, prune the old one. Keeps the tree
                 // shallow as churn and repairs deepen it.
                 let parent = s.from;
+                let tree = s.tree;
                 if threshold > 0
                     && parent.is_some_and(|p| p != from)
                     && u16::from(h.hops) + 1 + u16::from(threshold) <= u16::from(s.hops)
-                    && let Some(a) = self.active.iter_mut().find(|a| a.peer == from)
                 {
-                    a.eager = true;
                     s.from = Some(from);
                     s.hops = h.hops + 1;
                     let id = h.id;
-                    self.send(from, Message::Graft { ids: Vec::new() });
+                    self.set_eager(tree, from, true);
+                    self.send(
+                        from,
+                        Message::Graft {
+                            ids: Vec::new(),
+                            trees: alloc::vec![tree],
+                        },
+                    );
                     if let Some(p) = parent
-                        && let Some(pa) = self.active.iter_mut().find(|a| a.peer == p)
-                        && pa.eager
+                        && self.is_active(&p)
+                        && self.is_eager(&tree, &p)
                     {
-                        pa.eager = false;
-                        self.send(p, Message::Prune { id });
+                        self.set_eager(tree, p, false);
+                        self.send(p, Message::Prune { id, tree });
                     }
                 }
                 continue;
@@ -1623,59 +1740,75 @@ impl Gossip {
             self.missing.remove(&id);
             return;
         };
+        // The copy that answers names its tree, and arriving first makes
+        // this link eager on it.
         let (peer, _) = m.announcers.remove(i);
-        if let Some(a) = self.active.iter_mut().find(|a| a.peer == peer) {
-            a.eager = true;
-        }
         self.send(
             peer,
             Message::Graft {
                 ids: alloc::vec![id],
+                trees: Vec::new(),
             },
         );
         let at = self.now.plus(self.config.graft_retry_ms.max(1));
         self.schedule(at, Timer::Graft(id));
     }
 
-    fn on_prune(&mut self, from: PeerId, id: MsgId) {
+    fn on_prune(&mut self, from: PeerId, id: MsgId, tree: Tree) {
+        if !self.is_active(&from) {
+            return;
+        }
         if self.seen.get(&id).is_some_and(|s| s.from == Some(from)) {
             // The pruner is this peer's parent for that message: the copy
             // it got from here crossed this peer's switch to it. Keep the
             // link and tell it so.
-            if self.is_active(&from) {
-                self.send(from, Message::Graft { ids: Vec::new() });
-            }
+            self.send(
+                from,
+                Message::Graft {
+                    ids: Vec::new(),
+                    trees: alloc::vec![tree],
+                },
+            );
             return;
         }
-        if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
-            a.eager = false;
-        }
+        self.set_eager(tree, from, false);
     }
 
-    fn on_graft(&mut self, from: PeerId, ids: &[MsgId]) {
-        if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
-            a.eager = true;
+    fn on_graft(&mut self, from: PeerId, ids: &[MsgId], trees: &[Tree]) {
+        // A graft from a peer outside the active view is still answered
+        // (views can be briefly asymmetric), but shapes no tree.
+        let active = self.is_active(&from);
+        if active {
+            for tree in trees {
+                self.set_eager(*tree, from, true);
+            }
         }
         for id in ids {
             let (Some(payload), Some(s)) = (self.cache.get(id), self.seen.get(id)) else {
                 continue;
             };
-            if s.hops < self.config.ttl {
+            let (hops, tree, payload) = (s.hops, s.tree, payload.clone());
+            if active {
+                self.set_eager(tree, from, true);
+            }
+            if hops < self.config.ttl {
                 let msg = Message::Gossip {
-                    hops: s.hops + 1,
-                    payload: payload.clone(),
+                    hops: hops + 1,
+                    payload,
+                    tree,
                 };
                 self.send(from, msg);
             }
         }
     }
 
-    fn remember(&mut self, id: MsgId, hops: u8, from: Option<PeerId>) {
+    fn remember(&mut self, id: MsgId, hops: u8, from: Option<PeerId>, tree: Tree) {
         self.seen.insert(
             id,
             Seen {
                 hops,
                 from,
+                tree,
                 at: self.now,
             },
         );

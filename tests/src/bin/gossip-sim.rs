@@ -1,69 +1,102 @@
 //! The gossip simulator (`mycel_tests::gossip_sim`): one swarm of N peers,
 //! one measured broadcast after the overlay has formed. The last line of
-//! output is one JSON object.
-//!
-//! Usage: gossip-sim --peers N --seed S [--loss P] [--churn R] [--baseline]
-//!                   [--sealed] [--replay P] [--latency LO-HI] [--warmups K]
-//!                   [--active-view A] [--opt-threshold T]
-//!                   [--heartbeats-only] [--verbose]
-//!
-//! `--sealed` runs every frame through the real codec (Ed25519 + AES-GCM;
-//! slow, for small swarms); `--replay P` (sealed only) makes the relay
-//! replay delivered frames; `--heartbeats-only` turns off the simulated
-//! relay's departure notices (failures are then found by heartbeats only);
-//! `--verbose` prints diagnostics to stderr.
+//! output is one JSON object (docs/gossip.md §4).
 
 use std::time::Instant;
 
+use clap::Parser;
 use mycel_tests::gossip_sim::{GossipSimConfig, run};
 
-const USAGE: &str = "usage: gossip-sim --peers N --seed S [--loss P] [--churn R] [--baseline] \
-                     [--sealed] [--replay P] [--latency LO-HI] [--warmups K] [--active-view A] \
-                     [--opt-threshold T] [--heartbeats-only] [--verbose]";
+/// Plays one gossip swarm deterministically and prints its figures.
+#[derive(Parser)]
+#[command(name = "gossip-sim")]
+struct Args {
+    /// Peers in the swarm.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(2..))]
+    peers: u64,
+    /// Seed of every random choice: a run is reproducible from it.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Probability that a frame is lost, 0 ≤ P < 1.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    loss: f64,
+    /// Share of peers that crash (and as many newcomers), around the
+    /// measured broadcast, 0 ≤ R < 1.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    churn: f64,
+    /// Also measure plain push gossip at fan-out 3 in the same run.
+    #[arg(long)]
+    baseline: bool,
+    /// Run every frame through the real codec (Ed25519 + AES-GCM; slow,
+    /// for small swarms).
+    #[arg(long)]
+    sealed: bool,
+    /// With --sealed: probability that the relay replays a delivered frame.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    replay: f64,
+    /// One-way latency range in ms, LO-HI.
+    #[arg(long, default_value = "20-120", value_parser = latency)]
+    latency: (u64, u64),
+    /// Warm-up broadcasts before the measured one.
+    #[arg(long, default_value_t = 2)]
+    warmups: usize,
+    /// Active view size (default: the gossip default).
+    #[arg(long)]
+    active_view: Option<usize>,
+    /// Plumtree tree optimisation threshold in hops (0: off).
+    #[arg(long)]
+    opt_threshold: Option<u8>,
+    /// Turn off the simulated relay's departure notices (failures are then
+    /// found by heartbeats only).
+    #[arg(long)]
+    heartbeats_only: bool,
+    /// Print diagnostics to stderr.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not in [0, 1)"))
+    }
+}
+
+fn latency(s: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let lo: u64 = lo.parse().map_err(|e| format!("{lo}: {e}"))?;
+    let hi: u64 = hi.parse().map_err(|e| format!("{hi}: {e}"))?;
+    if lo > hi {
+        return Err(format!("{lo} > {hi}"));
+    }
+    Ok((lo, hi))
+}
 
 fn main() {
-    let mut cfg = GossipSimConfig::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = |name: &str| -> String {
-            args.next().unwrap_or_else(|| {
-                eprintln!("{name} needs a value; {USAGE}");
-                std::process::exit(2)
-            })
-        };
-        match a.as_str() {
-            "--peers" => cfg.peers = parse(&value("--peers")),
-            "--seed" => cfg.seed = parse(&value("--seed")),
-            "--loss" => cfg.loss = parse(&value("--loss")),
-            "--churn" => cfg.churn = parse(&value("--churn")),
-            "--replay" => cfg.replay = parse(&value("--replay")),
-            "--latency" => {
-                let v = value("--latency");
-                let (lo, hi) = v.split_once('-').unwrap_or((&v, &v));
-                cfg.latency_ms = (parse(lo), parse(hi));
-            }
-            "--warmups" => cfg.warmups = parse(&value("--warmups")),
-            "--active-view" => cfg.gossip.active_view = parse(&value("--active-view")),
-            "--opt-threshold" => {
-                cfg.gossip.optimization_threshold = parse(&value("--opt-threshold"))
-            }
-            "--baseline" => cfg.baseline = true,
-            "--sealed" => cfg.sealed = true,
-            "--verbose" => cfg.verbose = true,
-            "--heartbeats-only" => cfg.relay_notice_ms = None,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other}; {USAGE}");
-                std::process::exit(2);
-            }
-        }
+    let args = Args::parse();
+    let mut cfg = GossipSimConfig {
+        peers: args.peers as usize,
+        seed: args.seed,
+        loss: args.loss,
+        churn: args.churn,
+        baseline: args.baseline,
+        sealed: args.sealed,
+        replay: args.replay,
+        latency_ms: args.latency,
+        warmups: args.warmups,
+        verbose: args.verbose,
+        ..GossipSimConfig::default()
+    };
+    if let Some(a) = args.active_view {
+        cfg.gossip.active_view = a;
     }
-    if cfg.peers < 2 || !(0.0..1.0).contains(&cfg.loss) || !(0.0..1.0).contains(&cfg.churn) {
-        eprintln!("need --peers >= 2, 0 <= --loss < 1, 0 <= --churn < 1; {USAGE}");
-        std::process::exit(2);
+    if let Some(t) = args.opt_threshold {
+        cfg.gossip.optimization_threshold = t;
+    }
+    if args.heartbeats_only {
+        cfg.relay_notice_ms = None;
     }
     let start = Instant::now();
     let report = run(&cfg);
@@ -90,11 +123,4 @@ fn main() {
     let mut json = report.to_json();
     json["wall_ms"] = (wall.as_millis() as u64).into();
     println!("{json}");
-}
-
-fn parse<T: std::str::FromStr>(s: &str) -> T {
-    s.parse().unwrap_or_else(|_| {
-        eprintln!("cannot parse {s:?}; {USAGE}");
-        std::process::exit(2)
-    })
 }
