@@ -53,6 +53,31 @@ pub fn run(ctx: &Ctx) -> Result {
         });
         s.note(tally.to_string());
         tests?;
+        // Separate from `cargo test --workspace`: it builds the static
+        // relay and its image with podman (installing them when missing),
+        // which must not hold up or contend with the other tests.
+        let container = s.step("container image test (podman)", || {
+            let (status, lines) = ctx
+                .cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "mycel-relay",
+                    "--test",
+                    "container",
+                    "--locked",
+                ])
+                .args(["--", "--ignored"])
+                .run_scanning(Stream::Stdout, |l| l.starts_with("test result:"))?;
+            tally.add(&Tally::of(&lines));
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("the container image test failed ({status})").into())
+            }
+        });
+        s.note(tally.to_string());
+        container?;
         s.step("wasm build of mycel-core", || {
             ctx.cargo()
                 .args([
@@ -90,6 +115,13 @@ struct Tally {
 }
 
 impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.runs += other.runs;
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
     fn of(lines: &[String]) -> Tally {
         let mut t = Tally::default();
         for line in lines {

@@ -735,6 +735,18 @@ async fn run(opts: Opts) -> String {
     for n in &notes {
         println!("note: {n}");
     }
+    let floor = tokio::task::spawn_blocking(write_floor)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+    match &floor {
+        Ok(f) => println!(
+            "== floor\n  one write(2) of a {}-byte delivery frame to a loopback TCP socket: {:.3} us CPU \
+             (kernel send and the loopback receive path, both charged to the writer)",
+            f.frame_bytes, f.us_per_write
+        ),
+        Err(e) => println!("note: write floor not measured: {e}"),
+    }
 
     let mut json = String::from("{\"bench\":\"relay\"");
     json.push_str(&format!(
@@ -783,6 +795,25 @@ async fn run(opts: Opts) -> String {
                 num(tput_ratio)
             ));
         }
+        if let Ok(f) = &floor {
+            println!(
+                "  mycel-relay CPU per delivery at {:.0}/s: {:.1}x the bare-write floor",
+                opts.rate,
+                m.load.cpu_us_per_delivery / f.us_per_write
+            );
+            if let Some(y) = &y {
+                println!(
+                    "  1/25 of y-websocket's CPU per delivery = {:.3} us = {:.2}x the floor of one write per delivery",
+                    y.load.cpu_us_per_delivery / 25.0,
+                    y.load.cpu_us_per_delivery / 25.0 / f.us_per_write
+                );
+            }
+            json.push_str(&format!(
+                ",\"floor_write_us\":{},\"floor_frame_bytes\":{}",
+                num(f.us_per_write),
+                f.frame_bytes
+            ));
+        }
         let goal_mem = m.idle_bytes_per_conn <= 2048.0;
         let goal_lat = m.load.p99_us < 1000.0 && m.load.per_sec >= 0.95 * opts.rate;
         println!("== goals");
@@ -816,4 +847,81 @@ async fn run(opts: Opts) -> String {
     }
     json.push('}');
     json
+}
+
+/// What one delivery costs at least when it is one write: the CPU time of
+/// a bare `write(2)` of a delivery-sized WebSocket frame to a loopback TCP
+/// socket, measured on this thread (utime + stime from /proc).
+struct Floor {
+    frame_bytes: usize,
+    us_per_write: f64,
+}
+
+fn write_floor() -> Result<Floor, String> {
+    use std::io::{Read, Write};
+    const SOCKETS: usize = 100;
+    const WRITES: usize = 100_000;
+    let event = RelayEvent::Message {
+        room: RoomId([7; 32]),
+        from: mycel_core::wire::PeerTag(9),
+        payload: vec![0u8; PAYLOAD].into(),
+    };
+    // A server-to-client WebSocket frame: 2-byte header (payload < 126).
+    let mut frame = vec![0x82, 0];
+    let body = encode_frame(&event);
+    frame[1] = u8::try_from(body.len()).map_err(|_| "frame too long".to_string())?;
+    frame.extend_from_slice(&body);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (mut writers, mut readers) = (Vec::new(), Vec::new());
+    for _ in 0..SOCKETS {
+        let c = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+        let (s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        c.set_nonblocking(true).map_err(|e| e.to_string())?;
+        writers.push(s);
+        readers.push(c);
+    }
+    let total = WRITES * frame.len();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let (mut got, deadline) = (0, Instant::now() + Duration::from_secs(60));
+        while got < total && Instant::now() < deadline {
+            for r in &mut readers {
+                if let Ok(n) = r.read(&mut buf) {
+                    got += n;
+                }
+            }
+        }
+    });
+    let cpu0 = thread_cpu_secs()?;
+    for i in 0..WRITES {
+        writers[i % SOCKETS]
+            .write_all(&frame)
+            .map_err(|e| e.to_string())?;
+    }
+    let cpu1 = thread_cpu_secs()?;
+    let _ = reader.join();
+    Ok(Floor {
+        frame_bytes: frame.len(),
+        us_per_write: (cpu1 - cpu0) * 1e6 / WRITES as f64,
+    })
+}
+
+/// CPU seconds (user + system) of the calling thread.
+fn thread_cpu_secs() -> Result<f64, String> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").map_err(|e| e.to_string())?;
+    let rest = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or("unexpected /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64, String> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| "unexpected /proc stat".to_string())
+    };
+    // Fields after the name: state is 0, utime 11, stime 12 (clock ticks).
+    Ok((ticks(11)? + ticks(12)?) / clk_tck())
 }
