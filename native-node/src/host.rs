@@ -12,6 +12,7 @@ use mycel_core::id::{DocId, PinLink, RoomId, ShareLink};
 use mycel_core::node::{DocAccess, Event, Input, NodeConfig, Output};
 use mycel_core::time::Timestamp;
 
+use crate::compact::{self, SnapshotError};
 use crate::store::{DocEntry, RecordLog, Store, StoreError};
 
 /// Errors a command reports to the person who ran it.
@@ -28,6 +29,7 @@ pub enum HostError {
     KeyMismatch(DocId),
     Json(String),
     Io(String),
+    Snapshot(SnapshotError),
 }
 
 impl std::fmt::Display for HostError {
@@ -46,6 +48,7 @@ impl std::fmt::Display for HostError {
             ),
             HostError::Json(e) => write!(f, "{e}"),
             HostError::Io(e) => write!(f, "{e}"),
+            HostError::Snapshot(e) => write!(f, "{e}"),
         }
     }
 }
@@ -55,6 +58,11 @@ impl std::error::Error for HostError {}
 impl From<StoreError> for HostError {
     fn from(e: StoreError) -> Self {
         HostError::Store(e)
+    }
+}
+impl From<SnapshotError> for HostError {
+    fn from(e: SnapshotError) -> Self {
+        HostError::Snapshot(e)
     }
 }
 impl From<ReplicaError> for HostError {
@@ -188,9 +196,16 @@ impl Host {
             DocEntry::Full { key, .. } => DocAccess::Full(key),
             DocEntry::Pin { room, .. } => DocAccess::Blind(room),
         };
+        let key = match &access {
+            DocAccess::Full(key) => Some(key),
+            DocAccess::Blind(_) => None,
+        };
+        // The newest snapshot gives back the envelopes it replaced, so the
+        // node holds (and serves) everything it held before compaction.
+        let loaded = compact::load(doc, key, records)?;
         let now = self.now();
         self.replica
-            .open(now, doc, access, records.iter().map(Vec::as_slice))?;
+            .open(now, doc, access, loaded.envelopes.iter().map(Vec::as_slice))?;
         self.logs.insert(doc, log);
         self.rooms.insert(room, doc);
         self.drain()?;
@@ -279,6 +294,53 @@ impl Host {
         }
         Ok(rest)
     }
+}
+
+/// What compacting one document did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub doc: DocId,
+    /// Bytes of the room log before and after.
+    pub before: u64,
+    pub after: u64,
+    /// Envelopes the snapshot now stands for.
+    pub covered: usize,
+    /// Envelopes kept whole (the snapshot cannot rebuild them exactly).
+    pub kept: usize,
+    /// False when there was nothing to gain and the log was left alone.
+    pub rewritten: bool,
+}
+
+/// Compacts one document's room log into an encrypted snapshot plus the
+/// envelopes it does not cover. The caller holds the store exclusively
+/// ([`Store::lock_exclusive`]). A blind pin cannot be compacted: it has no
+/// key, and it keeps every envelope for its peers.
+pub fn compact_doc(store: &Store, doc: DocId, rng: &mut Rng) -> Result<Compaction, HostError> {
+    let (key, room) = match store.doc(doc) {
+        Some(e @ DocEntry::Full { key, .. }) => (key.clone(), e.room()),
+        Some(DocEntry::Pin { .. }) => return Err(HostError::Blind(doc)),
+        None => return Err(HostError::UnknownDoc(doc)),
+    };
+    let identity = store.identity()?;
+    let before = store.room_size(&room)?;
+    let (log, records) = store.open_room(&room)?;
+    drop(log);
+    let plan = compact::plan(doc, &key, &identity, rng, records)?;
+    let rewritten = match &plan.records {
+        Some(records) => {
+            store.replace_room(&room, records)?;
+            true
+        }
+        None => false,
+    };
+    Ok(Compaction {
+        doc,
+        before,
+        after: store.room_size(&room)?,
+        covered: plan.covered,
+        kept: plan.kept,
+        rewritten,
+    })
 }
 
 enum Prop<'a> {

@@ -16,6 +16,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod compact;
 pub mod host;
 pub mod net;
 pub mod store;

@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
 
+use mycel_core::crypto::Rng;
 use mycel_core::id::{PinLink, ShareLink};
-use mycel_node::host::{Host, HostError, os_seed, to_json};
+use mycel_node::host::{Host, HostError, compact_doc, os_seed, to_json};
 use mycel_node::net::{self, Mode, Outcome};
+use mycel_node::store::DocEntry;
 use mycel_node::store::Store;
 
 #[derive(Parser, Debug)]
@@ -71,6 +73,10 @@ enum Command {
         #[arg(long, env = "MYCEL_RELAY")]
         relay: String,
     },
+    /// Shrink the store: replace each document's envelopes with an
+    /// encrypted snapshot (all documents with a key, or the one of LINK).
+    /// Blind pins are skipped: they keep every envelope for their peers.
+    Compact { link: Option<String> },
     /// Create a document from a `.automerge` file; prints its share link.
     Import {
         file: PathBuf,
@@ -178,6 +184,43 @@ fn run(cli: Cli) -> Result<(), String> {
                 .block_on(net::run(&mut host, &relay, Mode::Serve, shutdown_signal()))
                 .map_err(err)?;
             eprintln!("stopped");
+        }
+        Command::Compact { link } => {
+            store.lock_exclusive().map_err(|e| e.to_string())?;
+            let explicit = link.is_some();
+            let mut rng = Rng::from_seed(os_seed().map_err(err)?);
+            let docs = match link {
+                Some(text) => {
+                    if text.parse::<ShareLink>().is_err() && text.parse::<PinLink>().is_ok() {
+                        return Err("a blind pin cannot be compacted: it has no key, and it keeps every envelope for its peers".into());
+                    }
+                    let link = parse_link(&text)?;
+                    match store.doc(link.doc) {
+                        Some(DocEntry::Full { key, .. }) if *key != link.key => {
+                            return Err(err(HostError::KeyMismatch(link.doc)));
+                        }
+                        _ => vec![link.doc],
+                    }
+                }
+                None => store.docs().iter().map(DocEntry::doc).collect(),
+            };
+            for doc in docs {
+                if !explicit && let Some(DocEntry::Pin { .. }) = store.doc(doc) {
+                    eprintln!(
+                        "skipped {doc}: a blind pin has no key and keeps every envelope for its peers"
+                    );
+                    continue;
+                }
+                let c = compact_doc(&store, doc, &mut rng).map_err(err)?;
+                if c.rewritten {
+                    println!(
+                        "{doc}: {} -> {} bytes ({} envelopes in the snapshot, {} kept whole)",
+                        c.before, c.after, c.covered, c.kept
+                    );
+                } else {
+                    println!("{doc}: {} bytes, already compact", c.before);
+                }
+            }
         }
         Command::Import { file, base } => {
             let bytes =

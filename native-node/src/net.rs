@@ -17,7 +17,8 @@ use crate::host::{Host, HostError};
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Until `wait_peers` peers of `doc` were met and each side holds
-    /// everything the other holds; fails at `timeout`.
+    /// everything the other holds (a pinning peer: on its disk); fails at
+    /// `timeout`.
     Sync {
         doc: DocId,
         wait_peers: usize,
@@ -97,8 +98,20 @@ fn done(host: &Host, mode: &Mode) -> Option<usize> {
     else {
         return None;
     };
-    let status = host.replica.node().sync_status(*doc);
-    (status.len() >= *wait_peers && status.iter().all(|p| p.synced())).then_some(status.len())
+    let node = host.replica.node();
+    let status = node.sync_status(*doc);
+    // A pinning peer's `Have` advertises only what it has synced to disk:
+    // waiting until it covers everything here makes exit 0 mean "durable
+    // there" (stored-remotely), not merely "received" (stream acks come
+    // before the peer's disk write).
+    let mine = node.vector(*doc).unwrap_or_default();
+    let stored = node
+        .peers(*doc)
+        .iter()
+        .filter(|(_, _, pinning)| *pinning)
+        .all(|(_, vector, _)| vector.covers(&mine));
+    (status.len() >= *wait_peers && status.iter().all(|p| p.synced()) && stored)
+        .then_some(status.len())
 }
 
 /// Runs the relay link until the mode's goal, a timeout, or `shutdown`.

@@ -15,6 +15,14 @@
 //! [`Store`] lays the logs out in a data directory: the identity key
 //! (`identity.key`, mode 0600), the list of documents (`docs.log`), and one
 //! envelope log per document room (`rooms/<room id>.log`).
+//!
+//! Compaction replaces a room log whole: the new log is written to
+//! `rooms/<room id>.log.compact`, synced, and renamed over the old one (then
+//! the directory is synced), so a crash leaves either the old log or the
+//! new one, never a mix; a leftover `.compact` file is deleted on open.
+//! Every process holds a shared lock on `lock` while it has the store open;
+//! compaction takes it exclusively, so no other process can be appending to
+//! a log that is being replaced (its appends would go to the old file).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -53,6 +61,10 @@ pub enum StoreError {
         path: PathBuf,
         detail: String,
     },
+    /// Another process has the store open (compaction needs it alone).
+    Busy {
+        path: PathBuf,
+    },
 }
 
 impl std::fmt::Display for StoreError {
@@ -81,6 +93,11 @@ impl std::fmt::Display for StoreError {
             StoreError::BadRecord { path, detail } => {
                 write!(f, "{}: unreadable record: {detail}", path.display())
             }
+            StoreError::Busy { path } => write!(
+                f,
+                "{} is in use by another mycel-node process (a running `serve`?); stop it, then compact",
+                path.display()
+            ),
         }
     }
 }
@@ -158,18 +175,7 @@ impl RecordLog {
                 path: self.path.clone(),
             });
         }
-        let mut buf = Vec::new();
-        for r in records {
-            if r.len() > MAX_RECORD {
-                return Err(StoreError::BadRecord {
-                    path: self.path.clone(),
-                    detail: format!("record of {} bytes exceeds {MAX_RECORD}", r.len()),
-                });
-            }
-            buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(r).to_le_bytes());
-            buf.extend_from_slice(r);
-        }
+        let buf = frame(&self.path, records)?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -209,6 +215,26 @@ impl RecordLog {
     pub fn poison_for_test(&mut self) {
         self.poisoned = true;
     }
+}
+
+/// Encodes records as `len ‖ CRC32C ‖ payload`.
+fn frame<'a>(
+    path: &Path,
+    records: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut buf = Vec::new();
+    for r in records {
+        if r.len() > MAX_RECORD {
+            return Err(StoreError::BadRecord {
+                path: path.to_owned(),
+                detail: format!("record of {} bytes exceeds {MAX_RECORD}", r.len()),
+            });
+        }
+        buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(r).to_le_bytes());
+        buf.extend_from_slice(r);
+    }
+    Ok(buf)
 }
 
 /// Parses records; returns them and the length of the intact prefix.
@@ -321,12 +347,33 @@ pub struct Store {
     dir: PathBuf,
     docs_log: RecordLog,
     docs: Vec<DocEntry>,
+    /// Held (shared, or exclusive for compaction) while the store is open.
+    lock: File,
 }
 
 impl Store {
     /// Opens a data directory (created if absent). Fails on damage.
+    /// Waits while another process compacts.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir.join("rooms")).map_err(io_err(dir))?;
+        let rooms = dir.join("rooms");
+        std::fs::create_dir_all(&rooms).map_err(io_err(dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.lock_shared().map_err(io_err(&lock_path))?;
+        // A compaction killed before its rename leaves its new log behind;
+        // the old log is still the whole truth, so the leftover goes.
+        for entry in std::fs::read_dir(&rooms).map_err(io_err(&rooms))? {
+            let p = entry.map_err(io_err(&rooms))?.path();
+            if p.extension().is_some_and(|e| e == "compact") {
+                std::fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
         let path = dir.join("docs.log");
         let (docs_log, records, _) = RecordLog::open(&path)?;
         let mut docs = Vec::new();
@@ -343,7 +390,19 @@ impl Store {
             dir: dir.to_owned(),
             docs_log,
             docs,
+            lock,
         })
+    }
+
+    /// Takes the store for this process alone (compaction), or fails with
+    /// [`StoreError::Busy`] when another process has it open.
+    pub fn lock_exclusive(&self) -> Result<(), StoreError> {
+        let path = self.dir.join("lock");
+        match self.lock.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Busy { path }),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -413,6 +472,37 @@ impl Store {
 
     fn room_path(&self, room: &RoomId) -> PathBuf {
         self.dir.join("rooms").join(format!("{room}.log"))
+    }
+
+    /// The size of a room's log on disk (0 when it has none).
+    pub fn room_size(&self, room: &RoomId) -> Result<u64, StoreError> {
+        let path = self.room_path(room);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Replaces a room's log with `records`, atomically: a crash at any
+    /// point leaves the old log or the new one, each whole. Call with the
+    /// store locked exclusively ([`Store::lock_exclusive`]).
+    pub fn replace_room(&self, room: &RoomId, records: &[Vec<u8>]) -> Result<(), StoreError> {
+        let path = self.room_path(room);
+        let tmp = path.with_extension("log.compact");
+        let bytes = frame(&tmp, records.iter().map(Vec::as_slice))?;
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(io_err(&tmp))?;
+            f.write_all(&bytes).map_err(io_err(&tmp))?;
+            f.sync_all().map_err(io_err(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&self.dir.join("rooms"))
     }
 
     /// Opens a room's envelope log: the log and the envelopes it holds.

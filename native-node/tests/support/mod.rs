@@ -1,8 +1,9 @@
 //! Running the `mycel-node` binary from integration tests.
 #![allow(dead_code)] // each test file uses its own subset
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_mycel-node")
@@ -36,4 +37,58 @@ pub fn ok(data: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn spawn(data: &Path, args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .env("MYCEL_DATA", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mycel-node")
+}
+
+pub fn finish(child: Child, what: &str) -> String {
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{what} failed: {err}");
+    err
+}
+
+/// A relay on 127.0.0.1 in a background thread, until the process ends.
+pub fn start_relay() -> SocketAddr {
+    let (addr, stop, _) = start_stoppable_relay("127.0.0.1:0".parse().unwrap());
+    // Never stopped: dropping the sender would stop it.
+    std::mem::forget(stop);
+    addr
+}
+
+/// A relay that stops (closing every connection) when the sender is
+/// dropped or sent to; returns its address and a handle to wait for it.
+pub fn start_stoppable_relay(
+    at: SocketAddr,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = mycel_relay::bind(at).unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let _ = mycel_relay::serve(mycel_relay::Config::default(), listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    });
+    (rx.recv().unwrap(), stop, handle)
+}
+
+pub fn ws(addr: SocketAddr) -> String {
+    format!("ws://{addr}/ws")
 }
