@@ -208,7 +208,7 @@ fn compact_crash_trials(trials: usize) {
     ok(&d, &["compact"]);
     let window = (started.elapsed().as_micros() as u64 * 5 / 4).max(1);
     let deadline = Instant::now() + Duration::from_secs(240);
-    let (mut killed, mut completed) = (0, 0);
+    let (mut killed, mut completed, mut mid_write) = (0, 0, 0);
     for trial in 0..trials {
         assert!(
             Instant::now() < deadline,
@@ -233,13 +233,25 @@ fn compact_crash_trials(trials: usize) {
         } else {
             killed += 1;
         }
+        let leftover = |d: &Path| {
+            room_logs(d)
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "compact"))
+        };
+        if leftover(&d) {
+            mid_write += 1;
+        }
         assert_eq!(
             ok(&d, &["get", &link]),
             expected,
             "trial {trial}: the document changed"
         );
+        assert!(!leftover(&d), "the half-written log is removed on open");
     }
-    eprintln!("{trials} compact crash trials: {killed} killed, {completed} completed, none lost");
+    eprintln!(
+        "{trials} compact crash trials: {killed} killed ({mid_write} while writing the new log), \
+         {completed} completed, none lost"
+    );
 }
 
 #[test]

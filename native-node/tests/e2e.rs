@@ -3,7 +3,7 @@
 mod support;
 use support::{data_dir, finish, node, ok, spawn, start_relay, start_stoppable_relay, ws};
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -203,6 +203,36 @@ fn a_relay_restarted_mid_sync_heals_to_convergence() {
 /// writer reported it `stored-remotely` (the daemon, a pinning node,
 /// advertises only what it has synced to disk): every acknowledged change
 /// must be in the daemon's store afterwards, and the store always opens.
+/// A child's stderr, line by line, on a channel (closed when it exits).
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (at most 30 s) for a line containing `needle`; returns the lines
+/// seen up to it.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no line with {needle:?} in {seen:?}"));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+    panic!("no line with {needle:?} in {seen:?}");
+}
+
 fn serve_crash_trials(trials: usize) {
     let relay = ws(start_relay());
     let (a, b) = (
@@ -224,7 +254,6 @@ fn serve_crash_trials(trials: usize) {
             Instant::now() < deadline,
             "serve crash trials took too long"
         );
-        let mut server = spawn(&b, &["serve", "--relay", &relay]);
         // A batch of changes for the daemon to take in.
         {
             let mut host = Host::open(Store::open(&a).unwrap(), false).unwrap();
@@ -235,31 +264,45 @@ fn serve_crash_trials(trials: usize) {
                     .unwrap();
             }
         }
-        let sync = spawn(&a, &["sync", &link, "--relay", &relay, "--timeout", "20"]);
-        std::thread::sleep(Duration::from_micros(rand::random::<u64>() % 150_000));
+        // The daemon starts (replaying its growing log) and says when it
+        // serves; the writer says when it met the daemon; the kill lands
+        // at a random moment after that, while the batch streams and is
+        // written (or just after).
+        let mut server = spawn(&b, &["serve", "--relay", &relay]);
+        let served = stderr_lines(&mut server);
+        wait_for_line(&served, "serving");
+        let mut sync = spawn(&a, &["sync", &link, "--relay", &relay, "--timeout", "20"]);
+        let synced = stderr_lines(&mut sync);
+        let mut log = wait_for_line(&synced, "joined");
+        std::thread::sleep(Duration::from_micros(rand::random::<u64>() % 60_000));
         let _ = server.kill();
         let _ = server.wait();
         Command::new("kill")
             .args(["-TERM", &sync.id().to_string()])
             .status()
             .unwrap();
-        let out = sync.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stderr);
-        let synced = out.status.success();
+        let status = sync.wait().unwrap();
+        // The rest of the writer's log (the pipe closes when it exits).
+        while let Ok(line) = synced.recv_timeout(Duration::from_secs(10)) {
+            log.push(line);
+        }
         let upto = log
-            .lines()
+            .iter()
             .filter_map(|l| l.strip_prefix("stored-remotely(1): changes up to #"))
             .filter_map(|n| n.trim().parse::<u64>().ok())
             .max()
             .unwrap_or(0);
+        // `sync` exits 0 only once the pinning daemon has stored it all.
+        assert!(
+            !status.success() || upto == written,
+            "trial {trial}: {log:?}"
+        );
+        acked = acked.max(upto);
         match upto {
             u if u == written => all += 1,
             u if u > written - BATCH => part += 1,
             _ => none += 1,
         }
-        // `sync` exits 0 only once the pinning daemon has stored it all.
-        assert!(!synced || upto == written, "trial {trial}: {log}");
-        acked = acked.max(upto);
         // The store opens, and holds every acknowledged change.
         let doc: serde_json::Value = serde_json::from_str(&ok(&b, &["get", &link])).unwrap();
         for i in 1..=acked {
