@@ -339,6 +339,8 @@ struct CutProxy {
     conns: Arc<Mutex<Vec<TcpStream>>>,
     accepted: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
+    /// Bytes forwarded either way.
+    forwarded: Arc<AtomicUsize>,
 }
 
 impl CutProxy {
@@ -350,7 +352,9 @@ impl CutProxy {
             conns: Arc::new(Mutex::new(Vec::new())),
             accepted: Arc::new(AtomicUsize::new(0)),
             refused: Arc::new(AtomicUsize::new(0)),
+            forwarded: Arc::new(AtomicUsize::new(0)),
         };
+        let forwarded = proxy.forwarded.clone();
         let (open, conns) = (proxy.open.clone(), proxy.conns.clone());
         let (accepted, refused) = (proxy.accepted.clone(), proxy.refused.clone());
         std::thread::spawn(move || {
@@ -373,8 +377,15 @@ impl CutProxy {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
+                    let forwarded = forwarded.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            forwarded.fetch_add(n, Ordering::SeqCst);
+                        }
                         let _ = to.shutdown(Shutdown::Both);
                     });
                 }
@@ -445,4 +456,52 @@ fn a_network_cut_between_nodes_and_relay_heals_to_convergence() {
     let v: serde_json::Value = serde_json::from_str(&ja).unwrap();
     assert_eq!(v["b"], "offline edit");
     assert_eq!(v["a9"], 9);
+}
+
+#[test]
+fn a_network_cut_in_the_middle_of_a_stream_heals_to_convergence() {
+    let proxy = CutProxy::start(start_relay());
+    let relay = ws(proxy.addr);
+    let (a, b) = (data_dir("cut-stream-a"), data_dir("cut-stream-b"));
+    ok(&a, &["init"]);
+    ok(&b, &["init"]);
+    let link = ok(&a, &["new"]);
+    ok(&b, &["get", &link]);
+    // About 1 MB of envelopes: many stream batches, several windows.
+    {
+        let share: ShareLink = link.parse().unwrap();
+        let mut host = Host::open(Store::open(&a).unwrap(), false).unwrap();
+        let doc = host.open_link(&share).unwrap();
+        let filler = "x".repeat(200);
+        for i in 0..2000 {
+            host.set(doc, &format!("k{i}"), &serde_json::json!(filler))
+                .unwrap();
+        }
+    }
+    let server = spawn(&b, &["serve", "--relay", &relay]);
+    let sync = spawn(&a, &["sync", &link, "--relay", &relay, "--timeout", "60"]);
+    // Cut once a tenth of it went through (bounded wait), for a while.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.forwarded.load(Ordering::SeqCst) < 100_000 {
+        assert!(Instant::now() < deadline, "the stream never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    proxy.cut();
+    let at_cut = proxy.forwarded.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(700));
+    proxy.restore();
+    let err = finish(sync, "sync across a cut mid-stream");
+    assert!(err.contains("synced with 1 peer"), "{err}");
+    let total = proxy.forwarded.load(Ordering::SeqCst);
+    eprintln!("cut after {at_cut} of {total} bytes forwarded");
+    Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    let out = server.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let (ja, jb) = (ok(&a, &["get", &link]), ok(&b, &["get", &link]));
+    assert_eq!(ja, jb);
+    let v: serde_json::Value = serde_json::from_str(&ja).unwrap();
+    assert_eq!(v["k1999"].as_str().map(str::len), Some(200));
 }
