@@ -3,10 +3,19 @@
 //! - An envelope body is AES-256-GCM under a per-(author, epoch) subkey,
 //!   `HKDF-SHA256(ikm = DocKey, info = "mycel envelope key v1" || epoch || author)`,
 //!   with the encoded header as associated data, and a 96-bit random nonce.
-//! - The author signs `BLAKE3-derive-key("mycel envelope signature v1",
-//!   len(header) || header || body)` with Ed25519. Hashing first keeps the
-//!   signature cost flat for large bodies and lets a blind node verify
-//!   without the key.
+//! - Every envelope has a *leaf digest* `BLAKE3-derive-key("mycel envelope
+//!   leaf v1", body || header || len(header))`. An envelope sealed
+//!   alone carries the author's Ed25519 signature over its leaf digest. A
+//!   batch ([`DocKeys::seal_batch`]) is signed once: over the root of a
+//!   Merkle tree of its leaf digests (inner nodes `BLAKE3-derive-key("mycel
+//!   envelope node v1", left || right)`), and each envelope carries the root's
+//!   signature and its own path to the root, so each one still verifies on
+//!   its own. Hashing first keeps the signature cost flat for large bodies
+//!   and lets a blind node verify without the key; the [`Verifier`] checks
+//!   a batch's signature once and then only recomputes roots.
+//! - An envelope's id is `BLAKE3-derive-key("mycel envelope id v1", leaf ||
+//!   signature || proof)`: the one pass over the body that the leaf digest
+//!   needs also names the envelope.
 //! - Sync frames between peers are sealed with a transport key derived from
 //!   the document id and room id: the relay (which knows only the room id)
 //!   cannot read them, while a blind pinning node (which has the pin link)
@@ -14,18 +23,21 @@
 //!
 //! Randomness comes from the caller through [`Rng`].
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use crate::id::{DocId, PeerId, RoomId};
-use crate::wire::{Envelope, EnvelopeHeader, EnvelopeKind, WIRE_VERSION};
+use crate::id::{DocId, EnvelopeId, PeerId, RoomId};
+use crate::wire::{
+    Envelope, EnvelopeHeader, EnvelopeKind, SealedParts, WIRE_VERSION, cbor_head_len,
+    push_bytes_head,
+};
 
 /// Errors of signing, verifying, sealing and opening.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +58,10 @@ pub enum CryptoError {
     TooLarge { len: usize, max: usize },
     /// A sealed transport frame could not be opened.
     TransportOpen,
+    /// More changes than one batch may seal.
+    BatchTooLarge { len: usize, max: usize },
+    /// The batch's seqs would pass the largest seq.
+    SeqOverflow,
 }
 
 impl fmt::Display for CryptoError {
@@ -69,6 +85,13 @@ impl fmt::Display for CryptoError {
             CryptoError::TransportOpen => {
                 f.write_str("a sync frame could not be opened: wrong document or damaged frame")
             }
+            CryptoError::BatchTooLarge { len, max } => {
+                write!(
+                    f,
+                    "a batch of {len} changes is larger than the maximum of {max}"
+                )
+            }
+            CryptoError::SeqOverflow => f.write_str("the batch's seqs overflow"),
         }
     }
 }
@@ -174,12 +197,41 @@ impl fmt::Debug for Rng {
 /// frame limit.
 pub const MAX_PLAINTEXT: usize = 768 * 1024;
 
-fn signature_digest(header: &[u8], body: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key("mycel envelope signature v1");
-    h.update(&(header.len() as u32).to_le_bytes());
-    h.update(header);
+/// Most envelopes [`DocKeys::seal_batch`] signs at once (a proof of at
+/// most 12 levels).
+pub const MAX_SEAL_BATCH: usize = 4096;
+
+/// An envelope's leaf digest: `BLAKE3-derive-key("mycel envelope leaf v1",
+/// body || header || len(header) as u32 LE)`. An envelope sealed alone is
+/// signed over it directly. The body comes first so that it starts on a
+/// BLAKE3 chunk boundary: hashed after the header it costs twice as much.
+pub fn leaf_digest(header: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("mycel envelope leaf v1");
     h.update(body);
+    h.update(header);
+    h.update(&(header.len() as u32).to_le_bytes());
     *h.finalize().as_bytes()
+}
+
+/// An inner node of a batch's Merkle tree: `BLAKE3-derive-key("mycel
+/// envelope node v1", left || right)`. Its own context keeps a node from
+/// passing for a leaf (or a leaf's signature for a root's).
+pub fn node_digest(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("mycel envelope node v1");
+    h.update(left);
+    h.update(right);
+    *h.finalize().as_bytes()
+}
+
+/// An envelope's id: `BLAKE3-derive-key("mycel envelope id v1", leaf ||
+/// signature || proof)`, `proof` empty for an envelope sealed alone. With
+/// the envelope's encoding held to one form, one id is one byte string.
+pub fn envelope_id(leaf: &[u8; 32], signature: &[u8; 64], proof: &[u8]) -> EnvelopeId {
+    let mut h = blake3::Hasher::new_derive_key("mycel envelope id v1");
+    h.update(leaf);
+    h.update(signature);
+    h.update(proof);
+    EnvelopeId(*h.finalize().as_bytes())
 }
 
 /// Checks the author's signature. Needs no document key: blind nodes call it.
@@ -190,31 +242,50 @@ pub fn verify_envelope(env: &Envelope) -> Result<(), CryptoError> {
 }
 
 fn verify_with(key: &VerifyingKey, env: &Envelope) -> Result<(), CryptoError> {
-    let digest = signature_digest(env.header_bytes(), env.body());
     let sig = Signature::from_bytes(env.signature());
-    key.verify_strict(&digest, &sig)
+    key.verify_strict(env.signed_digest(), &sig)
         .map_err(|_| CryptoError::BadSignature)
 }
 
-/// Verifies envelopes, keeping authors' decompressed public keys: point
+/// Verifies envelopes, keeping authors' decompressed public keys (point
 /// decompression is a tenth of a verification, and a document has few
-/// authors. Bounded: a flood of made-up authors only resets the cache.
+/// authors) and the batch roots it has verified: the other envelopes of a
+/// batch then cost a few node hashes, not a signature check. A root is
+/// remembered only after its signature verified, with that signature: an
+/// envelope passes on the cache only with the same author, the same root
+/// (recomputed from its own leaf and proof) and the same signature bytes.
+/// Both caches are bounded: a flood of made-up authors or batches only
+/// evicts.
 #[derive(Default)]
 pub struct Verifier {
     keys: BTreeMap<PeerId, VerifyingKey>,
+    roots: BTreeMap<(PeerId, [u8; 32]), [u8; 64]>,
+    roots_order: VecDeque<(PeerId, [u8; 32])>,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Verifier({} keys)", self.keys.len())
+        write!(
+            f,
+            "Verifier({} keys, {} batch roots)",
+            self.keys.len(),
+            self.roots.len()
+        )
     }
 }
 
 impl Verifier {
     const MAX_KEYS: usize = 4096;
+    /// Batch roots remembered (oldest evicted first). A stream batch of
+    /// 64 KiB holds envelopes of a few batches at most.
+    pub const MAX_ROOTS: usize = 1024;
 
     pub fn verify(&mut self, env: &Envelope) -> Result<(), CryptoError> {
         let author = env.header().author;
+        let root = *env.signed_digest();
+        if env.is_batched() && self.roots.get(&(author, root)) == Some(env.signature()) {
+            return Ok(());
+        }
         let key = match self.keys.get(&author) {
             Some(k) => *k,
             None => {
@@ -227,19 +298,117 @@ impl Verifier {
                 k
             }
         };
-        verify_with(&key, env)
+        verify_with(&key, env)?;
+        if env.is_batched() {
+            if self.roots.len() >= Self::MAX_ROOTS
+                && let Some(old) = self.roots_order.pop_front()
+            {
+                self.roots.remove(&old);
+            }
+            if self
+                .roots
+                .insert((author, root), *env.signature())
+                .is_none()
+            {
+                self.roots_order.push_back((author, root));
+            }
+        }
+        Ok(())
     }
+
+    /// Batch roots currently remembered.
+    pub fn cached_roots(&self) -> usize {
+        self.roots.len()
+    }
+}
+
+/// One envelope written up to its body, waiting for its signature.
+struct Pending {
+    bytes: Vec<u8>,
+    header: EnvelopeHeader,
+    header_at: core::ops::Range<usize>,
+    body_at: core::ops::Range<usize>,
+    leaf: [u8; 32],
+}
+
+impl Pending {
+    fn finish(mut self, signature: [u8; 64], root: [u8; 32], proof: &[u8]) -> Envelope {
+        push_bytes_head(&mut self.bytes, 64);
+        self.bytes.extend_from_slice(&signature);
+        let proof_at = if proof.is_empty() {
+            self.bytes.len()..self.bytes.len()
+        } else {
+            push_bytes_head(&mut self.bytes, proof.len());
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(proof);
+            at..self.bytes.len()
+        };
+        Envelope::from_sealed(SealedParts {
+            bytes: self.bytes,
+            header: self.header,
+            header_at: self.header_at,
+            body_at: self.body_at,
+            proof_at,
+            signature,
+            leaf: self.leaf,
+            root,
+        })
+    }
+}
+
+/// The levels of a batch's Merkle tree, leaves first, root last. An odd
+/// node at the end of a level moves up unhashed.
+fn merkle_levels(leaves: Vec<[u8; 32]>) -> Vec<Vec<[u8; 32]>> {
+    let mut levels = alloc::vec![leaves];
+    while let Some(last) = levels.last()
+        && last.len() > 1
+    {
+        let next = last
+            .chunks(2)
+            .map(|pair| match pair {
+                [l, r] => node_digest(l, r),
+                [one] => *one,
+                _ => [0; 32],
+            })
+            .collect();
+        levels.push(next);
+    }
+    levels
+}
+
+/// Leaf `index`'s proof: direction bits (u16 LE; bit k set = the k-th
+/// sibling is on the left) then the siblings, bottom up.
+fn merkle_proof(levels: &[Vec<[u8; 32]>], index: usize) -> Vec<u8> {
+    let mut dirs = 0u16;
+    let mut siblings = Vec::new();
+    let mut pos = index;
+    for level in levels.iter().take(levels.len().saturating_sub(1)) {
+        let other = pos ^ 1;
+        if let Some(sibling) = level.get(other) {
+            if pos & 1 == 1 {
+                dirs |= 1 << (siblings.len() / 32);
+            }
+            siblings.extend_from_slice(sibling);
+        }
+        pos >>= 1;
+    }
+    let mut proof = Vec::with_capacity(2 + siblings.len());
+    proof.extend_from_slice(&dirs.to_le_bytes());
+    proof.extend_from_slice(&siblings);
+    proof
 }
 
 /// The keys of one document: its key per epoch, and the AES-GCM ciphers
 /// derived from them, cached per (author, epoch) because key expansion
-/// costs more than sealing a keystroke.
+/// costs more than sealing a keystroke; and a [`Verifier`] for
+/// [`DocKeys::open`].
 pub struct DocKeys {
     doc: DocId,
     room: RoomId,
     keys: BTreeMap<u32, DocKey>,
     ciphers: BTreeMap<(PeerId, u32), Aes256Gcm>,
     transport: Aes256Gcm,
+    verifier: Verifier,
 }
 
 impl fmt::Debug for DocKeys {
@@ -263,6 +432,7 @@ impl DocKeys {
             keys,
             ciphers: BTreeMap::new(),
             transport: transport_cipher(&doc, &room),
+            verifier: Verifier::default(),
         }
     }
 
@@ -301,7 +471,7 @@ impl DocKeys {
     }
 
     /// Encrypts and signs one change (or snapshot) as the next envelope of
-    /// `identity` at `seq`.
+    /// `identity` at `seq`: one signature over its leaf digest.
     pub fn seal(
         &mut self,
         identity: &Identity,
@@ -310,6 +480,79 @@ impl DocKeys {
         plaintext: &[u8],
         rng: &mut Rng,
     ) -> Result<Envelope, CryptoError> {
+        let pending = self.encrypt(identity, kind, seq, plaintext, 0, rng)?;
+        let leaf = pending.leaf;
+        Ok(pending.finish(identity.sign(&leaf), leaf, &[]))
+    }
+
+    /// Encrypts `plaintexts` as the envelopes of `identity` at `first_seq`,
+    /// `first_seq + 1`, … and signs them once: over the root of a Merkle
+    /// tree of their leaf digests. Each envelope carries that signature and
+    /// its path to the root, so each verifies on its own (a batch of one is
+    /// exactly [`DocKeys::seal`]). At most [`MAX_SEAL_BATCH`] at once.
+    pub fn seal_batch<P: AsRef<[u8]>>(
+        &mut self,
+        identity: &Identity,
+        kind: EnvelopeKind,
+        first_seq: u64,
+        plaintexts: &[P],
+        rng: &mut Rng,
+    ) -> Result<Vec<Envelope>, CryptoError> {
+        let n = plaintexts.len();
+        match n {
+            0 => return Ok(Vec::new()),
+            1 => {
+                return Ok(alloc::vec![self.seal(
+                    identity,
+                    kind,
+                    first_seq,
+                    plaintexts[0].as_ref(),
+                    rng
+                )?]);
+            }
+            _ if n > MAX_SEAL_BATCH => {
+                return Err(CryptoError::BatchTooLarge {
+                    len: n,
+                    max: MAX_SEAL_BATCH,
+                });
+            }
+            _ => {}
+        }
+        first_seq
+            .checked_add(n as u64 - 1)
+            .ok_or(CryptoError::SeqOverflow)?;
+        // Room for the proof: 2 bytes of directions and one sibling per level.
+        let depth = (usize::BITS - (n - 1).leading_zeros()) as usize;
+        let proof_room = 3 + 2 + 32 * depth;
+        let mut pending = Vec::with_capacity(n);
+        for (seq, p) in (first_seq..).zip(plaintexts) {
+            pending.push(self.encrypt(identity, kind, seq, p.as_ref(), proof_room, rng)?);
+        }
+        let levels = merkle_levels(pending.iter().map(|p| p.leaf).collect());
+        let root = levels
+            .last()
+            .and_then(|l| l.first())
+            .copied()
+            .unwrap_or_default();
+        let signature = identity.sign(&root);
+        Ok(pending
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| p.finish(signature, root, &merkle_proof(&levels, i)))
+            .collect())
+    }
+
+    /// Writes one envelope up to its body: the array head, the header, the
+    /// body encrypted in place, and its leaf digest.
+    fn encrypt(
+        &mut self,
+        identity: &Identity,
+        kind: EnvelopeKind,
+        seq: u64,
+        plaintext: &[u8],
+        proof_room: usize,
+        rng: &mut Rng,
+    ) -> Result<Pending, CryptoError> {
         if plaintext.len() > MAX_PLAINTEXT {
             return Err(CryptoError::TooLarge {
                 len: plaintext.len(),
@@ -327,30 +570,55 @@ impl DocKeys {
             nonce: rng.array(),
         };
         let header_bytes = header.to_bytes();
-        let nonce = Nonce::from(header.nonce);
-        let body = self
+        let body_len = plaintext.len() + 16;
+        let mut bytes = Vec::with_capacity(
+            1 + cbor_head_len(header_bytes.len())
+                + header_bytes.len()
+                + cbor_head_len(body_len)
+                + body_len
+                + 2
+                + 64
+                + proof_room,
+        );
+        // A CBOR array of 3 (alone) or 4 (with a batch proof).
+        bytes.push(if proof_room == 0 { 0x83 } else { 0x84 });
+        push_bytes_head(&mut bytes, header_bytes.len());
+        let header_at = bytes.len()..bytes.len() + header_bytes.len();
+        bytes.extend_from_slice(&header_bytes);
+        push_bytes_head(&mut bytes, body_len);
+        let body_start = bytes.len();
+        bytes.extend_from_slice(plaintext);
+        let tag = self
             .cipher(identity.peer_id(), epoch)?
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad: &header_bytes,
-                },
+            .encrypt_inout_detached(
+                &Nonce::from(header.nonce),
+                &header_bytes,
+                (&mut bytes[body_start..]).into(),
             )
             .map_err(|_| CryptoError::TooLarge {
                 len: plaintext.len(),
                 max: MAX_PLAINTEXT,
             })?;
-        let signature = identity.sign(&signature_digest(&header_bytes, &body));
-        Ok(Envelope::assemble(header, &header_bytes, &body, &signature))
+        bytes.extend_from_slice(&tag);
+        let body_at = body_start..bytes.len();
+        let leaf = leaf_digest(&header_bytes, &bytes[body_at.clone()]);
+        Ok(Pending {
+            bytes,
+            header,
+            header_at,
+            body_at,
+            leaf,
+        })
     }
 
-    /// Verifies and decrypts an envelope of this document.
+    /// Verifies and decrypts an envelope of this document. A batch's
+    /// signature is checked once; its other envelopes cost their AES-GCM
+    /// and their leaf digest.
     pub fn open(&mut self, env: &Envelope) -> Result<Vec<u8>, CryptoError> {
         if env.header().room != self.room {
             return Err(CryptoError::WrongRoom);
         }
-        verify_envelope(env)?;
+        self.verifier.verify(env)?;
         self.decrypt_verified(env)
     }
 
@@ -360,15 +628,14 @@ impl DocKeys {
         let h = env.header();
         let nonce = Nonce::from(h.nonce);
         let aad = env.header_bytes();
+        let Some((ciphertext, tag)) = env.body().split_last_chunk::<16>() else {
+            return Err(CryptoError::WrongKey);
+        };
+        let mut plain = ciphertext.to_vec();
         self.cipher(h.author, h.epoch)?
-            .decrypt(
-                &nonce,
-                Payload {
-                    msg: env.body(),
-                    aad,
-                },
-            )
-            .map_err(|_| CryptoError::WrongKey)
+            .decrypt_inout_detached(&nonce, aad, plain.as_mut_slice().into(), &(*tag).into())
+            .map_err(|_| CryptoError::WrongKey)?;
+        Ok(plain)
     }
 
     /// The transport sealer of this document (also held by blind nodes).
@@ -487,6 +754,111 @@ mod tests {
             open_transport(keys.transport(), &room, &sealed[..10]),
             Err(CryptoError::TransportOpen)
         );
+    }
+
+    #[test]
+    fn every_envelope_of_a_batch_verifies_on_its_own() {
+        let (mut keys, id, mut rng) = setup();
+        for n in [2usize, 3, 5, 8, 13, 32, 33] {
+            let plains: Vec<Vec<u8>> = (0..n).map(|i| alloc::vec![i as u8; i * 7]).collect();
+            let envs = keys
+                .seal_batch(&id, EnvelopeKind::Change, 10, &plains, &mut rng)
+                .unwrap();
+            assert_eq!(envs.len(), n);
+            let root = *envs[0].signed_digest();
+            for (i, env) in envs.iter().enumerate() {
+                assert!(env.is_batched());
+                assert_eq!(env.seq(), 10 + i as u64);
+                assert_eq!(env.signed_digest(), &root);
+                assert_eq!(env.signature(), envs[0].signature());
+                // No cache: the signature itself verifies for each one.
+                assert_eq!(verify_envelope(env), Ok(()));
+                let again = Envelope::decode(env.bytes()).unwrap();
+                assert_eq!(again.id(), env.id());
+                assert_eq!(again.signed_digest(), &root);
+                let mut fresh = DocKeys::new(DocId([2; 16]), DocKey::from_bytes([3; 32]));
+                assert_eq!(fresh.open(&again).unwrap(), plains[i]);
+            }
+            // Opened in one go, the batch costs one signature check.
+            let mut fresh = DocKeys::new(DocId([2; 16]), DocKey::from_bytes([3; 32]));
+            for (env, plain) in envs.iter().zip(&plains) {
+                assert_eq!(&fresh.open(env).unwrap(), plain);
+            }
+            assert_eq!(fresh.verifier.cached_roots(), 1);
+        }
+    }
+
+    #[test]
+    fn a_batch_of_one_is_a_single_seal() {
+        let (mut keys, id, _) = setup();
+        let mut r1 = Rng::from_seed([9; 32]);
+        let mut r2 = Rng::from_seed([9; 32]);
+        let single = keys
+            .seal(&id, EnvelopeKind::Change, 1, b"x", &mut r1)
+            .unwrap();
+        let batch = keys
+            .seal_batch(&id, EnvelopeKind::Change, 1, &[b"x"], &mut r2)
+            .unwrap();
+        assert_eq!(batch[0].bytes(), single.bytes());
+        assert!(!single.is_batched());
+        assert_eq!(single.bytes()[0], 0x83);
+        assert!(
+            keys.seal_batch::<&[u8]>(&id, EnvelopeKind::Change, 1, &[], &mut r1)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            keys.seal_batch(&id, EnvelopeKind::Change, u64::MAX, &[b"a", b"b"], &mut r1)
+                .unwrap_err(),
+            CryptoError::SeqOverflow
+        );
+        let many = alloc::vec![[0u8; 0]; MAX_SEAL_BATCH + 1];
+        assert!(matches!(
+            keys.seal_batch(&id, EnvelopeKind::Change, 1, &many, &mut r1),
+            Err(CryptoError::BatchTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn the_root_cache_needs_the_same_signature() {
+        let (mut keys, id, mut rng) = setup();
+        let envs = keys
+            .seal_batch(&id, EnvelopeKind::Change, 1, &[b"a", b"b", b"c"], &mut rng)
+            .unwrap();
+        let mut v = Verifier::default();
+        // A bad signature first: refused, and nothing is remembered.
+        let mut bad = envs[0].bytes().to_vec();
+        let sig_at = bad.len() - envs[0].proof().len() - 2 - 64;
+        bad[sig_at] ^= 1;
+        let bad = Envelope::decode(&bad).unwrap();
+        assert_eq!(v.verify(&bad), Err(CryptoError::BadSignature));
+        assert_eq!(v.cached_roots(), 0);
+        assert_eq!(v.verify(&envs[0]), Ok(()));
+        assert_eq!(v.cached_roots(), 1);
+        // The root is known now, but a damaged signature is still refused.
+        assert_eq!(v.verify(&bad), Err(CryptoError::BadSignature));
+        assert_eq!(v.verify(&envs[1]), Ok(()));
+        assert_eq!(v.verify(&envs[2]), Ok(()));
+        assert_eq!(v.cached_roots(), 1);
+    }
+
+    #[test]
+    fn the_root_cache_is_bounded() {
+        let (mut keys, id, mut rng) = setup();
+        let mut v = Verifier::default();
+        for i in 0..Verifier::MAX_ROOTS as u64 + 5 {
+            let envs = keys
+                .seal_batch(
+                    &id,
+                    EnvelopeKind::Change,
+                    2 * i + 1,
+                    &[b"a", b"b"],
+                    &mut rng,
+                )
+                .unwrap();
+            v.verify(&envs[0]).unwrap();
+        }
+        assert_eq!(v.cached_roots(), Verifier::MAX_ROOTS);
     }
 
     #[test]

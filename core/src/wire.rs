@@ -120,16 +120,26 @@ impl EnvelopeHeader {
     }
 }
 
-/// A sealed, signed change: `[header bytes, ciphertext, signature]` as a
-/// CBOR array of three byte strings. It is immutable; its bytes are kept as
-/// received so that forwarding and hashing never depend on re-encoding.
+/// Most levels in a batch envelope's Merkle proof: batches of up to
+/// 65,536 envelopes (the sealer makes at most
+/// [`crate::crypto::MAX_SEAL_BATCH`]).
+pub const MAX_PROOF_DEPTH: usize = 16;
+
+/// A sealed, signed change: `[header bytes, ciphertext, signature]`, or
+/// `[header bytes, ciphertext, signature, proof]` for one envelope of a
+/// batch signed once over a Merkle root (see [`crate::crypto`]), as a CBOR
+/// array of byte strings in their shortest form. It is immutable; its bytes
+/// are kept as received so that forwarding never depends on re-encoding.
 #[derive(Clone)]
 pub struct Envelope {
     bytes: Arc<[u8]>,
     header: EnvelopeHeader,
     header_at: Range<usize>,
     body_at: Range<usize>,
+    proof_at: Range<usize>,
     signature: [u8; 64],
+    /// What the signature covers: the leaf digest, or the batch root.
+    signed: [u8; 32],
     id: EnvelopeId,
 }
 
@@ -152,27 +162,71 @@ impl PartialEq for Envelope {
 }
 impl Eq for Envelope {}
 
+/// Bytes of the shortest CBOR head for a length of `n`.
+pub(crate) fn cbor_head_len(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Appends the shortest CBOR head of a byte string of `n` bytes.
+pub(crate) fn push_bytes_head(out: &mut Vec<u8>, n: usize) {
+    const BSTR: u8 = 0x40;
+    match n {
+        0..=23 => out.push(BSTR | n as u8),
+        24..=0xff => out.extend_from_slice(&[BSTR | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(BSTR | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(BSTR | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(BSTR | 27);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+}
+
+/// The parts of an envelope the sealer has just written (see
+/// [`crate::crypto::DocKeys::seal_batch`]).
+pub(crate) struct SealedParts {
+    pub bytes: Vec<u8>,
+    pub header: EnvelopeHeader,
+    pub header_at: Range<usize>,
+    pub body_at: Range<usize>,
+    pub proof_at: Range<usize>,
+    pub signature: [u8; 64],
+    pub leaf: [u8; 32],
+    pub root: [u8; 32],
+}
+
 impl Envelope {
-    pub(crate) fn assemble(
-        header: EnvelopeHeader,
-        header_bytes: &[u8],
-        body: &[u8],
-        signature: &[u8; 64],
-    ) -> Envelope {
-        let mut e = Encoder::new(Vec::with_capacity(header_bytes.len() + body.len() + 80));
-        // Writing to a Vec cannot fail.
-        let _ = e
-            .array(3)
-            .and_then(|e| e.bytes(header_bytes))
-            .and_then(|e| e.bytes(body))
-            .and_then(|e| e.bytes(signature));
-        let bytes = e.into_writer();
-        // Offsets: recompute by decoding what we just wrote, one code path.
-        Envelope::decode_parts(bytes.into(), header).expect("envelope we encoded decodes")
+    /// An envelope the sealer wrote: no parsing, no second pass over the body.
+    pub(crate) fn from_sealed(p: SealedParts) -> Envelope {
+        let proof = &p.bytes[p.proof_at.clone()];
+        let id = crate::crypto::envelope_id(&p.leaf, &p.signature, proof);
+        Envelope {
+            bytes: p.bytes.into(),
+            header: p.header,
+            header_at: p.header_at,
+            body_at: p.body_at,
+            proof_at: p.proof_at,
+            signature: p.signature,
+            signed: p.root,
+            id,
+        }
     }
 
-    /// Parses an envelope's structure (not its signature: see
-    /// [`crate::crypto::verify_envelope`]).
+    /// Parses an envelope's structure and computes its id and the digest its
+    /// signature must cover (the signature itself is checked by
+    /// [`crate::crypto::verify_envelope`] or a [`crate::crypto::Verifier`]).
     pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
         if bytes.len() > MAX_ENVELOPE {
             return Err(WireError::TooLarge {
@@ -181,11 +235,17 @@ impl Envelope {
             });
         }
         let mut d = Decoder::new(bytes);
-        let n = d.array()?;
-        if n != Some(3) {
-            return Err(WireError::Malformed("an envelope is an array of 3".into()));
-        }
-        let header_bytes = d.bytes()?;
+        let batched = match d.array()? {
+            Some(3) => false,
+            Some(4) => true,
+            _ => {
+                return Err(WireError::Malformed(
+                    "an envelope is an array of 3 or 4".into(),
+                ));
+            }
+        };
+        let header_at = byte_range(&mut d)?;
+        let header_bytes = &bytes[header_at.clone()];
         let mut hd = Decoder::new(header_bytes);
         let header: EnvelopeHeader = hd.decode()?;
         if hd.position() != header_bytes.len() {
@@ -200,28 +260,54 @@ impl Envelope {
         if header.seq == 0 {
             return Err(WireError::Malformed("envelope seq starts at 1".into()));
         }
-        Envelope::decode_parts(bytes.into(), header)
-    }
-
-    fn decode_parts(bytes: Arc<[u8]>, header: EnvelopeHeader) -> Result<Envelope, WireError> {
-        let mut d = Decoder::new(&bytes);
-        d.array()?;
-        let header_at = byte_range(&mut d)?;
         let body_at = byte_range(&mut d)?;
-        let sig = d.bytes()?;
-        let signature: [u8; 64] = sig
+        let signature: [u8; 64] = d
+            .bytes()?
             .try_into()
             .map_err(|_| WireError::Malformed("signature must be 64 bytes".into()))?;
+        let proof_at = if batched {
+            byte_range(&mut d)?
+        } else {
+            d.position()..d.position()
+        };
         if d.position() != bytes.len() {
             return Err(WireError::Malformed("trailing bytes after envelope".into()));
         }
-        let id = EnvelopeId(*blake3::hash(&bytes).as_bytes());
+        // One envelope, one encoding: every length in its shortest form
+        // (otherwise a re-framed copy would pass for a second envelope).
+        let canonical = 1
+            + cbor_head_len(header_at.len())
+            + header_at.len()
+            + cbor_head_len(body_at.len())
+            + body_at.len()
+            + cbor_head_len(64)
+            + 64
+            + if batched {
+                cbor_head_len(proof_at.len()) + proof_at.len()
+            } else {
+                0
+            };
+        if canonical != bytes.len() {
+            return Err(WireError::Malformed(
+                "envelope lengths are not in their shortest form".into(),
+            ));
+        }
+        let leaf = crate::crypto::leaf_digest(header_bytes, &bytes[body_at.clone()]);
+        let proof = &bytes[proof_at.clone()];
+        let signed = if batched {
+            proof_root(&leaf, proof)?
+        } else {
+            leaf
+        };
+        let id = crate::crypto::envelope_id(&leaf, &signature, proof);
         Ok(Envelope {
-            bytes,
+            bytes: bytes.into(),
             header,
             header_at,
             body_at,
+            proof_at,
             signature,
+            signed,
             id,
         })
     }
@@ -245,6 +331,20 @@ impl Envelope {
     pub fn signature(&self) -> &[u8; 64] {
         &self.signature
     }
+    /// The Merkle proof of a batch envelope (empty for one signed alone):
+    /// direction bits (u16 little-endian) then 32-byte sibling digests.
+    pub fn proof(&self) -> &[u8] {
+        &self.bytes[self.proof_at.clone()]
+    }
+    /// True for one envelope of a batch signed once over a Merkle root.
+    pub fn is_batched(&self) -> bool {
+        !self.proof_at.is_empty()
+    }
+    /// The 32-byte digest the author's signature covers: the envelope's
+    /// leaf digest, or the root its proof leads to.
+    pub fn signed_digest(&self) -> &[u8; 32] {
+        &self.signed
+    }
     pub fn id(&self) -> EnvelopeId {
         self.id
     }
@@ -260,6 +360,38 @@ impl Envelope {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+}
+
+/// The root a batch proof leads to from `leaf`. The proof is canonical:
+/// 1 to [`MAX_PROOF_DEPTH`] siblings and no direction bit beyond them.
+fn proof_root(leaf: &[u8; 32], proof: &[u8]) -> Result<[u8; 32], WireError> {
+    let bad = |m: &str| Err(WireError::Malformed(m.into()));
+    let Some((dirs, siblings)) = proof.split_first_chunk::<2>() else {
+        return bad("batch proof too short");
+    };
+    if siblings.is_empty() || siblings.len() % 32 != 0 {
+        return bad("batch proof must hold 1 or more 32-byte siblings");
+    }
+    let depth = siblings.len() / 32;
+    if depth > MAX_PROOF_DEPTH {
+        return bad("batch proof too deep");
+    }
+    let dirs = u16::from_le_bytes(*dirs);
+    if depth < 16 && dirs >> depth != 0 {
+        return bad("batch proof has direction bits beyond its depth");
+    }
+    let mut node = *leaf;
+    for (k, sibling) in siblings.chunks_exact(32).enumerate() {
+        let sibling: &[u8; 32] = sibling
+            .try_into()
+            .map_err(|_| WireError::Malformed("batch proof sibling".into()))?;
+        node = if dirs >> k & 1 == 1 {
+            crate::crypto::node_digest(sibling, &node)
+        } else {
+            crate::crypto::node_digest(&node, sibling)
+        };
+    }
+    Ok(node)
 }
 
 fn byte_range(d: &mut Decoder<'_>) -> Result<Range<usize>, WireError> {
@@ -558,6 +690,66 @@ impl FrameLimits for SyncMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample_batch() -> Vec<Envelope> {
+        use crate::crypto::{DocKey, DocKeys, Identity, Rng};
+        let mut rng = Rng::from_seed([1; 32]);
+        let id = Identity::generate(&mut rng);
+        let mut keys = DocKeys::new(crate::id::DocId([2; 16]), DocKey::from_bytes([3; 32]));
+        keys.seal_batch(&id, EnvelopeKind::Change, 1, &[b"a", b"b", b"c"], &mut rng)
+            .unwrap()
+    }
+
+    /// Rebuilds an envelope from parts with the given array length and
+    /// (possibly longer than needed) byte-string heads.
+    fn reframe(parts: &[&[u8]], long_heads: bool) -> Vec<u8> {
+        let mut out = alloc::vec![0x80 | parts.len() as u8];
+        for p in parts {
+            if long_heads {
+                out.push(0x59);
+                out.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            } else {
+                push_bytes_head(&mut out, p.len());
+            }
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    #[test]
+    fn envelope_encodings_are_canonical() {
+        let envs = sample_batch();
+        let e = &envs[2];
+        let parts = [e.header_bytes(), e.body(), e.signature(), e.proof()];
+        assert_eq!(reframe(&parts, false), e.bytes());
+        assert_eq!(
+            Envelope::decode(&reframe(&parts, false)).unwrap().id(),
+            e.id()
+        );
+        // Longer length heads: the same parts, another byte string: refused.
+        assert!(matches!(
+            Envelope::decode(&reframe(&parts, true)),
+            Err(WireError::Malformed(_))
+        ));
+        // A batch envelope without its proof no longer verifies as a single;
+        // an empty proof is not a form of a single one.
+        let no_proof = Envelope::decode(&reframe(&parts[..3], false)).unwrap();
+        assert_ne!(no_proof.signed_digest(), e.signed_digest());
+        assert!(Envelope::decode(&reframe(&[parts[0], parts[1], parts[2], &[]], false)).is_err());
+        // Direction bits beyond the proof's depth, ragged or too deep proofs.
+        let mut high = e.proof().to_vec();
+        high[1] |= 0x80;
+        let mut ragged = e.proof().to_vec();
+        ragged.push(0);
+        let deep = alloc::vec![0u8; 2 + 32 * (MAX_PROOF_DEPTH + 1)];
+        for proof in [&high[..], &ragged, &deep, &e.proof()[..2], &[1][..]] {
+            let bytes = reframe(&[parts[0], parts[1], parts[2], proof], false);
+            assert!(
+                matches!(Envelope::decode(&bytes), Err(WireError::Malformed(_))),
+                "{proof:?}"
+            );
+        }
+    }
 
     #[test]
     fn frames_round_trip() {
