@@ -250,9 +250,9 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         d.apply(changes.clone())?;
-        for change in changes {
-            self.node.handle(now, Input::LocalChange { doc, change })?;
-        }
+        // One batch: sealed with one signature per (up to 4,096) changes.
+        self.node
+            .handle(now, Input::LocalChanges { doc, changes })?;
         Ok(())
     }
 
@@ -341,6 +341,91 @@ mod tests {
         assert_eq!(a.heads(), b.heads());
         let (v, _) = b.automerge().get(ROOT, "title").unwrap().unwrap();
         assert_eq!(v.into_string().ok().as_deref(), Some("hello"));
+    }
+
+    #[test]
+    fn an_import_is_sealed_as_one_batch_and_reaches_a_peer() {
+        use crate::crypto::DocKey;
+        use crate::node::{LinkId, LinkKind};
+        let now = Timestamp(0);
+        let doc = DocId([7; 16]);
+        let key = DocKey::from_bytes([8; 32]);
+        let mut a = Replica::new(
+            Identity::from_secret([1; 32]),
+            NodeConfig::default(),
+            [2; 32],
+        );
+        let mut b = Replica::new(
+            Identity::from_secret([3; 32]),
+            NodeConfig::default(),
+            [4; 32],
+        );
+        for r in [&mut a, &mut b] {
+            r.open(now, doc, DocAccess::Full(key.clone()), []).unwrap();
+            r.handle(
+                now,
+                Input::LinkUp {
+                    link: LinkId(1),
+                    kind: LinkKind::Direct,
+                },
+            )
+            .unwrap();
+        }
+        let mut elsewhere = Document::new(PeerId([9; 32]));
+        let changes: Vec<Vec<u8>> = (0..40i64)
+            .filter_map(|i| elsewhere.change(|tx| tx.put(ROOT, "n", i)).unwrap().1)
+            .collect();
+        a.import(now, doc, changes).unwrap();
+        let mut persisted = 0;
+        for _ in 0..20 {
+            let mut moved = false;
+            while let Some(out) = a.poll() {
+                moved = true;
+                match out {
+                    Output::Persist {
+                        doc,
+                        batch,
+                        records,
+                    } => {
+                        if records.len() == 40 {
+                            persisted += 1;
+                            assert!(records.iter().all(|e| e.is_batched()));
+                            assert!(
+                                records
+                                    .iter()
+                                    .all(|e| e.signature() == records[0].signature())
+                            );
+                            let seqs: Vec<u64> = records.iter().map(|e| e.seq()).collect();
+                            assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+                        }
+                        a.handle(now, Input::Persisted { doc, batch }).unwrap();
+                    }
+                    Output::Send { link, bytes } => {
+                        b.handle(now, Input::Received { link, bytes }).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(out) = b.poll() {
+                moved = true;
+                match out {
+                    Output::Persist { doc, batch, .. } => {
+                        b.handle(now, Input::Persisted { doc, batch }).unwrap();
+                    }
+                    Output::Send { link, bytes } => {
+                        a.handle(now, Input::Received { link, bytes }).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert_eq!(persisted, 1);
+        assert_eq!(a.doc(doc).unwrap().heads(), elsewhere.heads());
+        assert_eq!(b.doc(doc).unwrap().heads(), elsewhere.heads());
+        assert_eq!(b.node().vector(doc).unwrap().get(&a.node().peer_id()), 40);
     }
 
     #[test]

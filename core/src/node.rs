@@ -20,8 +20,8 @@ use aes_gcm::Aes256Gcm;
 use minicbor::bytes::ByteVec;
 
 use crate::crypto::{
-    CryptoError, DocKey, DocKeys, Identity, Rng, Verifier, open_transport, seal_transport,
-    transport_cipher,
+    CryptoError, DocKey, DocKeys, Identity, MAX_SEAL_BATCH, Rng, Verifier, open_transport,
+    seal_transport, transport_cipher,
 };
 use crate::id::{DocId, PeerId, RoomId};
 use crate::log::{DocLog, Inserted};
@@ -93,6 +93,14 @@ pub enum Input {
     LocalChange {
         doc: DocId,
         change: Vec<u8>,
+    },
+    /// The app made several changes at once (an import, or changes a host
+    /// gathered before handing them over), in order. They are sealed as
+    /// consecutive envelopes signed once per batch (see
+    /// [`DocKeys::seal_batch`]) and persisted as one `Persist`.
+    LocalChanges {
+        doc: DocId,
+        changes: Vec<Vec<u8>>,
     },
     /// The host stored every `Persist` batch of `doc` up to `batch`.
     Persisted {
@@ -525,6 +533,7 @@ impl Node {
             }
             Input::Received { link, bytes } => self.on_received(link, &bytes),
             Input::LocalChange { doc, change } => self.on_local_change(doc, &change),
+            Input::LocalChanges { doc, changes } => self.on_local_changes(doc, &changes),
             Input::Persisted { doc, batch } => self.on_persisted(doc, batch),
             Input::Tick => {
                 self.on_tick();
@@ -908,6 +917,40 @@ impl Node {
             doc,
             batch,
             records: alloc::vec![env],
+        });
+        Ok(())
+    }
+
+    fn on_local_changes(&mut self, doc: DocId, changes: &[Vec<u8>]) -> Result<(), NodeError> {
+        let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        let keys = state.keys.as_mut().ok_or(NodeError::Blind(doc))?;
+        // Seal everything first: an error leaves no seq used.
+        let mut records = Vec::with_capacity(changes.len());
+        let mut seq = state.next_local_seq;
+        for chunk in changes.chunks(MAX_SEAL_BATCH) {
+            let envs = keys.seal_batch(
+                &self.identity,
+                EnvelopeKind::Change,
+                seq,
+                chunk,
+                &mut self.rng,
+            )?;
+            seq += envs.len() as u64;
+            records.extend(envs);
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        state.next_local_seq = seq;
+        let batch = state.next_persist_batch;
+        state.next_persist_batch += 1;
+        for env in &records {
+            state.unsaved_local.push_back((batch, env.clone()));
+        }
+        self.outputs.push_back(Output::Persist {
+            doc,
+            batch,
+            records,
         });
         Ok(())
     }
