@@ -121,10 +121,6 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 /// Debian packages: those `dpkg -s` does not show installed are installed
 /// with `apt-get install -y`, after one `apt-get update` per run (through
 /// sudo when not root).
-#[allow(
-    dead_code,
-    reason = "for later suites: browser tests, musl builds, brokers"
-)]
 pub fn ensure_apt(ctx: &Ctx, packages: &[&str]) -> Result {
     let missing: Vec<&str> = packages
         .iter()
@@ -155,10 +151,6 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 /// `npm ci` in `dir` when it has a package-lock.json and its node_modules
 /// is missing or older than the lock.
-#[allow(
-    dead_code,
-    reason = "for later suites: the npm package, www, browser tests"
-)]
 pub fn ensure_npm(ctx: &Ctx, dir: &Path) -> Result {
     let lock = dir.join("package-lock.json");
     let Some(locked_at) = modified(&lock) else {

@@ -1,18 +1,84 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`).
 
+use std::path::Path;
+use std::time::Instant;
+
 use crate::Ctx;
-use crate::ensure::{ensure_fmt_and_clippy, ensure_rust_target};
-use crate::sh::{Result, Stream, with_summary};
+use crate::ensure::{ensure_apt, ensure_fmt_and_clippy, ensure_npm, ensure_rust_target};
+use crate::sh::{Result, Stream, fmt_duration, with_summary};
 
 /// Later suites (browser tests, end-to-end tests of relay + nodes +
 /// browsers) plug in here: a step name and the function that runs it, in
 /// order, after the wasm build. Each installs what it needs with the
 /// helpers of `ensure` (ensure_apt, ensure_npm, ensure_cargo_tool).
-const SUITES: &[(&str, Suite)] = &[];
+const SUITES: &[(&str, Suite)] = &[(
+    "browser tests (npm package in headless Chromium, wasm/tests/browser)",
+    browser_tests,
+)];
+
+/// Where the browser tests find Chromium (Debian's package; Playwright
+/// never downloads a browser here).
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs `f`, printing how long it took (install steps are measured).
+fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let out = f()?;
+    println!("--> {what}: {}", fmt_duration(started.elapsed()));
+    Ok(out)
+}
+
+/// The npm package `mycel` in real headless Chromium through
+/// playwright-core: IndexedDB round trip and reload, two pages syncing
+/// through a real relay, offline edits converging, a wrong key.
+fn browser_tests(ctx: &Ctx) -> Result {
+    let dir = ctx.root.join("wasm/tests/browser");
+    timed("Chromium", || {
+        if Path::new(CHROMIUM).is_file() {
+            println!("--> {CHROMIUM}: present");
+            Ok(())
+        } else {
+            ensure_apt(ctx, &["chromium"])
+        }
+    })?;
+    timed("npm ci (playwright-core)", || ensure_npm(ctx, &dir))?;
+    // Installs wasm-bindgen-cli when missing, builds wasm-release, writes wasm/pkg.
+    timed("npm package (cargo xtask dist's wasm/pkg)", || {
+        crate::dist::npm_package(ctx)
+    })?;
+    timed("debug build of mycel-relay", || {
+        ctx.cargo()
+            .args(["build", "-p", "mycel-relay", "--locked"])
+            .run()
+    })?;
+    let relay = crate::dist::target_dir(ctx)
+        .join("debug")
+        .join(format!("mycel-relay{}", std::env::consts::EXE_SUFFIX));
+    timed("browser tests", || {
+        ctx.cmd("node")
+            .cwd(&dir)
+            .arg("run.mjs")
+            .env("MYCEL_RELAY_BIN", &relay)
+            .env("CHROMIUM", CHROMIUM)
+            .run()
+    })
+}
 
 type Suite = fn(&Ctx) -> Result;
 
+/// Set to 1 to run only the [`SUITES`] (for working on one of them: the
+/// workspace steps before them take minutes). CI never sets it.
+const ONLY_SUITES_VAR: &str = "MYCEL_XTASK_ONLY_SUITES";
+
 pub fn run(ctx: &Ctx) -> Result {
+    if std::env::var(ONLY_SUITES_VAR).is_ok_and(|v| v == "1") {
+        return with_summary("cargo xtask test (suites only)", |s| {
+            for (name, suite) in SUITES {
+                s.step(name, || suite(ctx))?;
+            }
+            Ok(())
+        });
+    }
     let mut tally = Tally::default();
     let result = with_summary("cargo xtask test", |s| {
         s.step("ensure tools (rustfmt, clippy, wasm32 target)", || {

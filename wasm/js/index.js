@@ -1,0 +1,447 @@
+// mycel: the browser API over the WebAssembly engine (mycel_wasm.js, made
+// by wasm-bindgen from the mycel-wasm crate). Types: index.d.ts.
+import init, { Engine } from "./mycel_wasm.js";
+
+/** Every error mycel throws; `name` tells which kind. */
+export class MycelError extends Error {
+  constructor(message, options) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+/** A share or pin link that does not parse (incomplete, mangled). */
+export class LinkError extends MycelError {}
+/** The link's key differs from the key this browser holds for the document. */
+export class KeyMismatchError extends MycelError {}
+/** The document is not in this repo. */
+export class UnknownDocumentError extends MycelError {}
+/** IndexedDB failed; after a failed write the repo accepts no more changes. */
+export class StorageError extends MycelError {}
+/** A change could not be made (a bad path or a value a document cannot hold). */
+export class ChangeError extends MycelError {}
+/** The relay address is not a WebSocket URL. */
+export class RelayError extends MycelError {}
+/** The repo was closed. */
+export class ClosedError extends MycelError {}
+/** No peer answered in time (`doc.synced()`). */
+export class UnavailableError extends MycelError {}
+
+const CLASSES = {
+  LinkError, KeyMismatchError, UnknownDocumentError, StorageError,
+  ChangeError, RelayError, ClosedError, UnavailableError, MycelError,
+};
+
+function toMycelError(e) {
+  if (e instanceof MycelError) return e;
+  const Class = e && typeof e.name === "string" ? CLASSES[e.name] : undefined;
+  if (Class) return new Class(e.message);
+  if (e instanceof Error) return new MycelError(e.message, { cause: e });
+  return new MycelError(String(e));
+}
+
+function call(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw toMycelError(e);
+  }
+}
+
+async function callAsync(f) {
+  try {
+    return await f();
+  } catch (e) {
+    throw toMycelError(e);
+  }
+}
+
+let loading = null;
+/** Loads the WebAssembly module once (Repo.open calls it). */
+export function load(wasm) {
+  loading ??= init(wasm === undefined ? undefined : { module_or_path: wasm });
+  return loading;
+}
+
+// Each open repo takes an author slot with the Web Locks API, so two tabs
+// of one origin never sign changes with the same identity and seq.
+async function takeSlot(name) {
+  const locks = globalThis.navigator?.locks;
+  if (!locks) return { slot: 0, release() {} };
+  for (let slot = 0; slot < 4096; slot++) {
+    let release;
+    const held = new Promise((r) => (release = r));
+    const got = await new Promise((resolve) => {
+      locks
+        .request(`mycel:${name}:author:${slot}`, { ifAvailable: true }, (lock) => {
+          resolve(lock !== null);
+          return lock === null ? undefined : held;
+        })
+        .catch(() => resolve(false));
+    });
+    if (got) return { slot, release };
+  }
+  throw new MycelError("no free author slot: too many tabs hold this repo open");
+}
+
+function defaultBase() {
+  const loc = globalThis.location;
+  return loc ? `${loc.origin}${loc.pathname}` : "";
+}
+
+const TEXT = "__mycelText";
+const PATH = Symbol("mycel.path");
+const OPS = Symbol("mycel.ops");
+
+/** A collaborative text value: `d.body = text("hello")`; edit it with `splice`. */
+export function text(value) {
+  return { [TEXT]: String(value) };
+}
+
+/**
+ * Edits a text object inside `doc.change`: `splice(d, "body", 0, 0, "Hi ")`
+ * inserts at the start of `d.body`.
+ */
+export function splice(object, key, index, deleteCount, insert = "") {
+  const path = object?.[PATH];
+  const ops = object?.[OPS];
+  if (!path || !ops) throw new ChangeError("splice() takes an object of the draft inside doc.change()");
+  ops.push(["text", [...path, key], index, deleteCount, String(insert)]);
+  const target = object[TARGET];
+  const old = String(target[key] ?? "");
+  target[key] = old.slice(0, index) + String(insert) + old.slice(index + deleteCount);
+}
+const TARGET = Symbol("mycel.target");
+
+// A plain copy of a value (drafts included) for storing.
+function plain(v) {
+  if (v === null || typeof v !== "object") return v;
+  if (v instanceof Uint8Array) return new Uint8Array(v);
+  if (v instanceof Date) return new Date(v.getTime());
+  if (typeof v[TEXT] === "string") return { [TEXT]: v[TEXT] };
+  if (Array.isArray(v)) return Array.from(v, plain);
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+}
+
+function isContainer(v) {
+  return v !== null && typeof v === "object" && !(v instanceof Uint8Array) && !(v instanceof Date);
+}
+
+// The draft: a proxy over a copy of the document that records every edit
+// as an operation for the engine, and applies it to the copy so that later
+// reads inside the same change see it.
+function draft(target, path, ops) {
+  const child = (key) => {
+    const v = target[key];
+    return isContainer(v) ? draft(v, [...path, Array.isArray(target) ? Number(key) : key], ops) : v;
+  };
+  const listMethods = Array.isArray(target) && {
+    push: (...items) => {
+      ops.push(["splice", path, target.length, 0, items.map(plain)]);
+      return target.push(...items.map(plain));
+    },
+    unshift: (...items) => {
+      ops.push(["splice", path, 0, 0, items.map(plain)]);
+      return target.unshift(...items.map(plain));
+    },
+    pop: () => {
+      if (target.length === 0) return undefined;
+      ops.push(["splice", path, target.length - 1, 1, []]);
+      return target.pop();
+    },
+    shift: () => {
+      if (target.length === 0) return undefined;
+      ops.push(["splice", path, 0, 1, []]);
+      return target.shift();
+    },
+    splice: (start, deleteCount, ...items) => {
+      const len = target.length;
+      let s = start === undefined ? 0 : Math.trunc(start);
+      s = s < 0 ? Math.max(len + s, 0) : Math.min(s, len);
+      const d = deleteCount === undefined ? len - s : Math.min(Math.max(Math.trunc(deleteCount), 0), len - s);
+      ops.push(["splice", path, s, d, items.map(plain)]);
+      return target.splice(s, d, ...items.map(plain));
+    },
+    insertAt: (index, ...items) => {
+      ops.push(["splice", path, index, 0, items.map(plain)]);
+      target.splice(index, 0, ...items.map(plain));
+    },
+    deleteAt: (index, count = 1) => {
+      ops.push(["splice", path, index, count, []]);
+      target.splice(index, count);
+    },
+  };
+  return new Proxy(target, {
+    get(t, key, receiver) {
+      if (key === PATH) return path;
+      if (key === OPS) return ops;
+      if (key === TARGET) return t;
+      if (typeof key === "symbol") return Reflect.get(t, key, receiver);
+      if (listMethods && Object.hasOwn(listMethods, key)) return listMethods[key];
+      if (Array.isArray(t) && key !== "length" && !/^\d+$/.test(key)) return Reflect.get(t, key, receiver);
+      return child(key);
+    },
+    set(t, key, value) {
+      if (typeof key === "symbol") throw new ChangeError("symbol keys cannot be stored");
+      if (Array.isArray(t)) {
+        if (key === "length") {
+          const n = Number(value);
+          if (n < t.length) ops.push(["splice", path, n, t.length - n, []]);
+          t.length = Math.min(n, t.length);
+          return true;
+        }
+        if (!/^\d+$/.test(key)) throw new ChangeError(`a list has no property ${JSON.stringify(key)} to set`);
+        ops.push(["put", [...path, Number(key)], plain(value)]);
+      } else {
+        ops.push(["put", [...path, key], plain(value)]);
+      }
+      t[key] = plain(value);
+      return true;
+    },
+    deleteProperty(t, key) {
+      if (typeof key === "symbol") return true;
+      if (Array.isArray(t)) {
+        ops.push(["splice", path, Number(key), 1, []]);
+        t.splice(Number(key), 1);
+      } else {
+        ops.push(["del", [...path, key]]);
+        delete t[key];
+      }
+      return true;
+    },
+  });
+}
+
+const DOC_EVENTS = new Set(["saved-locally", "sent", "stored-remotely", "peer", "change"]);
+
+class Listeners {
+  #map = new Map();
+  on(kind, cb) {
+    if (typeof cb !== "function") throw new TypeError("a listener must be a function");
+    if (!this.#map.has(kind)) this.#map.set(kind, new Set());
+    this.#map.get(kind).add(cb);
+    return () => this.#map.get(kind)?.delete(cb);
+  }
+  fire(kind, payload) {
+    for (const cb of [...(this.#map.get(kind) ?? [])]) {
+      try {
+        cb(payload);
+      } catch (e) {
+        // One failing listener must not stop the others or the engine.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+/** One document of a repo. Get it from `repo.create()` or `repo.find(link)`. */
+export class DocHandle {
+  #repo;
+  #id;
+  #listeners = new Listeners();
+
+  constructor(repo, id) {
+    this.#repo = repo;
+    this.#id = id;
+  }
+
+  /** The document id (base64url). */
+  get id() {
+    return this.#id;
+  }
+
+  /** The document as a plain object (a fresh copy on every call). */
+  value() {
+    return call(() => this.#repo._engine().value(this.#id));
+  }
+
+  /**
+   * Changes the document: `fn` gets a draft to edit like a plain object
+   * (`d.title = "x"`, `delete d.old`, `d.items.push(1)`). Every edit of one
+   * call becomes one change, sealed, saved, then sent. Returns the new value.
+   */
+  change(fn) {
+    if (typeof fn !== "function") throw new ChangeError("change() takes a function that edits a draft");
+    const engine = this.#repo._engine();
+    const ops = [];
+    const root = call(() => engine.value(this.#id));
+    fn(draft(root, [], ops));
+    if (ops.length > 0) call(() => engine.change(this.#id, ops));
+    return root;
+  }
+
+  /** Calls `cb({ value, patches, local })` after every change, local or remote. Returns an unsubscribe function. */
+  subscribe(cb) {
+    return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
+  }
+
+  /** Listens to durability and peer events of this document; returns an unsubscribe function. */
+  on(event, cb) {
+    if (!DOC_EVENTS.has(event)) throw new TypeError(`unknown document event ${JSON.stringify(event)}`);
+    return this.#listeners.on(event, cb);
+  }
+
+  /** The link that opens this document elsewhere: the key is in the `#` fragment. */
+  shareLink(base = this.#repo.base) {
+    return call(() => this.#repo._engine().shareLink(this.#id, base));
+  }
+
+  /** The link for blind pinning: a node can store and serve it, never read it. */
+  pinLink(base = this.#repo.base) {
+    return call(() => this.#repo._engine().pinLink(this.#id, base));
+  }
+
+  /** Sync state with the peers met for this document. */
+  get status() {
+    return this.#repo.status.docs[this.#id] ?? { peers: 0, synced: true, pinningPeers: 0 };
+  }
+
+  /**
+   * Resolves once at least `peers` peers were met and each side holds what
+   * the other holds; rejects with UnavailableError after `timeout` ms.
+   */
+  async synced({ timeout = 10_000, peers = 1 } = {}) {
+    const until = Date.now() + timeout;
+    for (;;) {
+      const s = this.status;
+      if (s.peers >= peers && s.synced) return;
+      if (Date.now() >= until) {
+        const online = this.#repo.status.online;
+        throw new UnavailableError(
+          online
+            ? `no peer holding document ${this.#id} answered within ${timeout} ms: the link's key may be wrong, or nobody who has the document is online`
+            : `the relay could not be reached within ${timeout} ms, so document ${this.#id} could not sync`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  }
+
+  _fire(kind, payload) {
+    this.#listeners.fire(kind, payload);
+  }
+}
+
+/** A set of documents stored in this browser (IndexedDB) and synced through a relay. */
+export class Repo {
+  #engine = null;
+  #slot = null;
+  #handles = new Map();
+  #listeners = new Listeners();
+  #queue = [];
+  #scheduled = false;
+  /** The address share links start with. */
+  base;
+
+  constructor(token) {
+    if (token !== OPEN) throw new TypeError("use Repo.open(options)");
+  }
+
+  /**
+   * Opens (or creates) the repo. `relay`: the relay's WebSocket URL
+   * (omit to work offline only); `name`: the IndexedDB database
+   * (default "mycel"); `base`: what share links start with (default: this
+   * page's address); `wasm`: where the .wasm file is, if not beside this module.
+   */
+  static async open({ relay, name = "mycel", base = defaultBase(), wasm } = {}) {
+    await callAsync(() => load(wasm));
+    const repo = new Repo(OPEN);
+    repo.base = base;
+    repo.#slot = await takeSlot(name);
+    try {
+      repo.#engine = await callAsync(() =>
+        Engine.open(name, repo.#slot.slot, relay ?? undefined, (kind, payload) => repo.#enqueue(kind, payload)),
+      );
+    } catch (e) {
+      repo.#slot.release();
+      throw e;
+    }
+    return repo;
+  }
+
+  _engine() {
+    if (!this.#engine) throw new ClosedError("the repo is closed");
+    return this.#engine;
+  }
+
+  // Events from the engine are dispatched in a microtask: listeners may
+  // call the repo again, which they could not while the engine runs.
+  #enqueue(kind, payload) {
+    this.#queue.push([kind, payload]);
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.#dispatch());
+    }
+  }
+
+  #dispatch() {
+    this.#scheduled = false;
+    const events = this.#queue;
+    this.#queue = [];
+    for (const [kind, payload] of events) {
+      if (payload && typeof payload.doc === "string") {
+        this.#handles.get(payload.doc)?._fire(kind, payload);
+      }
+      this.#listeners.fire(kind, payload);
+    }
+  }
+
+  #handle(id) {
+    let h = this.#handles.get(id);
+    if (!h) {
+      h = new DocHandle(this, id);
+      this.#handles.set(id, h);
+    }
+    return h;
+  }
+
+  /** This tab's author id. */
+  get peerId() {
+    return call(() => this._engine().peerId());
+  }
+
+  /** `{ online, relay, peerId, docs: { [id]: { peers, synced, pinningPeers } } }` */
+  get status() {
+    return call(() => this._engine().status());
+  }
+
+  /** Creates a document (registered on disk before this resolves). */
+  async create() {
+    const id = await callAsync(() => this._engine().create());
+    return this.#handle(id);
+  }
+
+  /** Opens the document of a share link. */
+  async find(link) {
+    const id = await callAsync(() => this._engine().find(String(link)));
+    return this.#handle(id);
+  }
+
+  /** Every document of the repo. */
+  documents() {
+    return call(() => this._engine().docs()).map((id) => this.#handle(id));
+  }
+
+  /** Listens to repo events: "status", "warning", "error", and every document event. */
+  on(event, cb) {
+    return this.#listeners.on(event, cb);
+  }
+
+  /** Resolves when every write begun so far is on disk. */
+  async flush() {
+    await callAsync(() => this._engine().flushed());
+  }
+
+  /** Waits for pending writes, then closes the relay link and the database. */
+  async close() {
+    if (!this.#engine) return;
+    await this.flush().catch(() => {});
+    const engine = this.#engine;
+    this.#engine = null;
+    call(() => engine.close());
+    engine.free();
+    this.#slot?.release();
+  }
+}
+const OPEN = Symbol("mycel.open");

@@ -1,0 +1,229 @@
+//! The browser store: IndexedDB (DESIGN §5).
+//!
+//! Object stores: `envelopes` keyed by `[room, author, seq]` (ids in their
+//! base64url text form), `snapshots` keyed by room, `identities` keyed by
+//! author slot, `docs` keyed by document id (the document key as text).
+//!
+//! rexie creates the schema and serves the reads. Writes go through a
+//! second connection made with web-sys, because only that API can ask for a
+//! transaction with `durability: "strict"` (rexie 0.6 cannot), and a change
+//! may be reported `saved-locally` only after such a transaction completed:
+//! Chromium's default durability (`relaxed`) acknowledges before the data
+//! reaches the disk.
+
+use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
+use mycel_core::crypto::DocKey;
+use mycel_core::id::{DocId, RoomId, ShareLink};
+use mycel_core::wire::Envelope;
+use rexie::{KeyRange, ObjectStore, Rexie, TransactionMode};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{IdbDatabase, IdbFactory, IdbOpenDbRequest, IdbTransaction};
+
+#[wasm_bindgen]
+extern "C" {
+    // `IDBDatabase.transaction(stores, mode, { durability })`: web-sys has
+    // it only behind `--cfg web_sys_unstable_apis`, so it is bound here.
+    /// An `IDBDatabase`, seen through this one method.
+    type DurableDb;
+    #[wasm_bindgen(method, catch, js_name = transaction)]
+    fn transaction_with_options(
+        this: &DurableDb,
+        stores: &JsValue,
+        mode: &str,
+        options: &JsValue,
+    ) -> Result<IdbTransaction, JsValue>;
+}
+
+use crate::error::HostError;
+
+const ENVELOPES: &str = "envelopes";
+const SNAPSHOTS: &str = "snapshots";
+const IDENTITIES: &str = "identities";
+const DOCS: &str = "docs";
+const VERSION: u32 = 1;
+
+/// An open IndexedDB database of one repo.
+#[derive(Debug)]
+pub struct Store {
+    rexie: Rexie,
+    raw: IdbDatabase,
+}
+
+/// Resolves when `target` fires its success or complete event, rejects on
+/// error or abort. `set` installs the two handlers.
+async fn settle(set: impl FnOnce(&js_sys::Function, &js_sys::Function)) -> Result<(), JsValue> {
+    let mut set = Some(set);
+    let promise = Promise::new(&mut |resolve, reject| {
+        if let Some(set) = set.take() {
+            set(&resolve, &reject);
+        }
+    });
+    JsFuture::from(promise).await.map(|_| ())
+}
+
+fn room_bounds(room: &RoomId) -> Result<KeyRange, HostError> {
+    let text = JsValue::from(room.to_string());
+    // Array keys compare element by element and an array sorts above every
+    // string, so [room] .. [room, []] spans every [room, author, seq].
+    let lower = Array::of1(&text);
+    let upper = Array::of2(&text, &Array::new());
+    KeyRange::bound(&lower, &upper, None, None).map_err(|e| HostError::Storage(e.to_string()))
+}
+
+impl Store {
+    /// Opens (creating on first use) the database `name`.
+    pub async fn open(name: &str) -> Result<Store, HostError> {
+        let rexie = Rexie::builder(name)
+            .version(VERSION)
+            .add_object_store(ObjectStore::new(ENVELOPES))
+            .add_object_store(ObjectStore::new(SNAPSHOTS))
+            .add_object_store(ObjectStore::new(IDENTITIES))
+            .add_object_store(ObjectStore::new(DOCS))
+            .build()
+            .await?;
+        let factory: IdbFactory = Reflect::get(&js_sys::global(), &"indexedDB".into())
+            .ok()
+            .and_then(|f| f.dyn_into().ok())
+            .ok_or_else(|| HostError::Storage("this browser has no IndexedDB".into()))?;
+        let request: IdbOpenDbRequest = factory
+            .open_with_u32(name, VERSION)
+            .map_err(|e| HostError::storage("cannot open the database", e))?;
+        settle(|ok, fail| {
+            request.set_onsuccess(Some(ok));
+            request.set_onerror(Some(fail));
+        })
+        .await
+        .map_err(|e| HostError::storage("cannot open the database", e))?;
+        let raw: IdbDatabase = request
+            .result()
+            .and_then(|r| r.dyn_into())
+            .map_err(|e| HostError::storage("cannot open the database", e))?;
+        Ok(Store { rexie, raw })
+    }
+
+    /// The secret key of author slot `slot`, if one was stored.
+    pub async fn identity(&self, slot: u32) -> Result<Option<[u8; 32]>, HostError> {
+        let tx = self
+            .rexie
+            .transaction(&[IDENTITIES], TransactionMode::ReadOnly)?;
+        let value = tx.store(IDENTITIES)?.get(JsValue::from(slot)).await?;
+        Ok(value
+            .and_then(|v| v.dyn_into::<Uint8Array>().ok())
+            .and_then(|a| <[u8; 32]>::try_from(a.to_vec().as_slice()).ok()))
+    }
+
+    /// Every document of the repo with its key. Entries that do not parse
+    /// (written by a newer version) are skipped.
+    pub async fn docs(&self) -> Result<Vec<(DocId, DocKey)>, HostError> {
+        let tx = self.rexie.transaction(&[DOCS], TransactionMode::ReadOnly)?;
+        let values = tx.store(DOCS)?.get_all(None, None).await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| {
+                // The fragment of a share link: `#d=<doc>&k=<key>`.
+                let link = Reflect::get(v, &"link".into()).ok()?.as_string()?;
+                let link = link.parse::<ShareLink>().ok()?;
+                Some((link.doc, link.key))
+            })
+            .collect())
+    }
+
+    /// The stored envelopes of a room, as the node wants them.
+    pub async fn envelopes(&self, room: &RoomId) -> Result<Vec<Vec<u8>>, HostError> {
+        let tx = self
+            .rexie
+            .transaction(&[ENVELOPES], TransactionMode::ReadOnly)?;
+        let values = tx
+            .store(ENVELOPES)?
+            .get_all(Some(room_bounds(room)?), None)
+            .await?;
+        Ok(values
+            .iter()
+            .filter_map(|v| v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec))
+            .collect())
+    }
+
+    /// Starts a strict-durability write transaction. Its requests are
+    /// queued at once, so transactions begun in order commit in order
+    /// (IndexedDB runs overlapping read-write transactions in creation order).
+    pub fn write(&self) -> Result<Write, HostError> {
+        let options = Object::new();
+        let _ = Reflect::set(&options, &"durability".into(), &"strict".into());
+        let stores = Array::of3(&ENVELOPES.into(), &IDENTITIES.into(), &DOCS.into());
+        let tx = self
+            .raw
+            .unchecked_ref::<DurableDb>()
+            .transaction_with_options(&stores, "readwrite", &options)
+            .map_err(|e| HostError::storage("cannot start a write", e))?;
+        Ok(Write { tx })
+    }
+
+    /// Closes both connections.
+    pub fn close(self) {
+        self.raw.close();
+        self.rexie.close();
+    }
+
+    /// Closes the write connection (when reads may still hold the store).
+    pub fn close_writes(&self) {
+        self.raw.close();
+    }
+}
+
+/// One strict write transaction.
+#[derive(Debug)]
+pub struct Write {
+    tx: IdbTransaction,
+}
+
+impl Write {
+    fn put(&self, store: &str, key: &JsValue, value: &JsValue) -> Result<(), HostError> {
+        self.tx
+            .object_store(store)
+            .and_then(|s| s.put_with_key(value, key))
+            .map(|_| ())
+            .map_err(|e| HostError::storage("cannot write", e))
+    }
+
+    pub fn envelope(&self, room: &RoomId, env: &Envelope) -> Result<(), HostError> {
+        let key = Array::of3(
+            &room.to_string().into(),
+            &env.author().to_string().into(),
+            &JsValue::from(env.seq() as f64),
+        );
+        self.put(ENVELOPES, &key, &Uint8Array::from(env.bytes()).into())
+    }
+
+    pub fn identity(&self, slot: u32, secret: &[u8; 32]) -> Result<(), HostError> {
+        self.put(
+            IDENTITIES,
+            &JsValue::from(slot),
+            &Uint8Array::from(&secret[..]).into(),
+        )
+    }
+
+    pub fn doc(&self, doc: &DocId, key: &DocKey) -> Result<(), HostError> {
+        let entry = Object::new();
+        let link = ShareLink {
+            base: String::new(),
+            doc: *doc,
+            key: key.clone(),
+        };
+        let _ = Reflect::set(&entry, &"link".into(), &link.to_string().into());
+        self.put(DOCS, &doc.to_string().into(), &entry.into())
+    }
+
+    /// Resolves once the transaction has committed durably.
+    pub async fn done(self) -> Result<(), HostError> {
+        let tx = self.tx;
+        settle(|ok, fail| {
+            tx.set_oncomplete(Some(ok));
+            tx.set_onerror(Some(fail));
+            tx.set_onabort(Some(fail));
+        })
+        .await
+        .map_err(|e| HostError::storage("a write did not complete", e))
+    }
+}

@@ -1,0 +1,369 @@
+// Browser tests of the npm package `mycel` in real headless Chromium
+// (playwright-core driving /usr/bin/chromium; never a browser download).
+//
+//   MYCEL_RELAY_BIN=path/to/mycel-relay node run.mjs
+//
+// Serves wasm/pkg and this page from 127.0.0.1, starts a real mycel-relay on
+// a free 127.0.0.1 port, and runs each test in fresh browser contexts (one
+// context = one browser profile = its own IndexedDB). Every wait is bounded;
+// any failure exits non-zero.
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
+const relayBin = process.env.MYCEL_RELAY_BIN;
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const WAIT = 20_000; // the longest any single wait may take
+
+// The whole run is bounded too: a hang is a failure, never a stuck CI.
+const watchdog = setTimeout(() => {
+  console.error("browser tests: still running after 300 s; giving up");
+  process.exit(1);
+}, 300_000);
+watchdog.unref();
+
+for (const [what, p] of [["the npm package (cargo xtask dist)", path.join(pkgDir, "index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
+  if (!p || !existsSync(p)) {
+    console.error(`browser tests: ${what} not found at ${p || "(unset)"}`);
+    process.exit(1);
+  }
+}
+
+const TYPES = { ".js": "text/javascript", ".html": "text/html", ".wasm": "application/wasm", ".json": "application/json", ".ts": "text/plain" };
+
+function serve() {
+  const server = createServer(async (req, res) => {
+    const url = new URL(req.url, "http://x");
+    const file = url.pathname === "/" ? path.join(here, "index.html")
+      : url.pathname.startsWith("/pkg/") ? path.join(pkgDir, url.pathname.slice(5))
+      : null;
+    if (url.pathname === "/favicon.ico") {
+      res.writeHead(204).end();
+      return;
+    }
+    if (!file || !file.startsWith(url.pathname === "/" ? here : pkgDir)) {
+      res.writeHead(404).end();
+      return;
+    }
+    try {
+      const body = await readFile(file);
+      res.writeHead(200, { "content-type": TYPES[path.extname(file)] ?? "application/octet-stream", "cache-control": "no-store" });
+      res.end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port, ms) {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, "127.0.0.1", () => { c.end(); resolve(true); });
+      c.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the relay did not listen on 127.0.0.1:${port} within ${ms} ms`);
+}
+
+class Relay {
+  constructor(port) { this.port = port; this.proc = null; }
+  get url() { return `ws://127.0.0.1:${this.port}/ws`; }
+  async start() {
+    this.proc = spawn(relayBin, ["--listen", `127.0.0.1:${this.port}`], { stdio: ["ignore", "ignore", "pipe"] });
+    this.log = "";
+    this.proc.stderr.on("data", (d) => { this.log += d; });
+    await waitForPort(this.port, 10_000);
+  }
+  async stop() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    const exited = new Promise((r) => this.proc.once("exit", r));
+    this.proc.kill("SIGKILL");
+    await exited;
+  }
+}
+
+let browser, server, base, relay;
+const contexts = [];
+
+before(async () => {
+  server = await serve();
+  base = `http://127.0.0.1:${server.address().port}/`;
+  relay = new Relay(await freePort());
+  await relay.start();
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    timeout: WAIT,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await browser?.close().catch(() => {});
+  await relay?.stop();
+  server?.close();
+});
+
+/** A fresh browser profile (own IndexedDB) with the test page loaded. */
+async function page() {
+  const context = await browser.newContext();
+  contexts.push(context);
+  const p = await context.newPage();
+  p.setDefaultTimeout(WAIT);
+  p.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+  p.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") console.error(`console.${m.type()}: ${m.text()}`); });
+  await p.goto(base);
+  await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
+  return p;
+}
+
+/** Opens a repo in the page as window.repo, recording events in window.events. */
+async function openRepo(p, relayUrl) {
+  await p.evaluate(async (relay) => {
+    window.events = [];
+    window.repo = await window.mycel.Repo.open(relay ? { relay } : {});
+    for (const kind of ["saved-locally", "sent", "stored-remotely", "peer", "change", "status", "warning", "error"]) {
+      window.repo.on(kind, (e) => window.events.push({ kind, ...e }));
+    }
+  }, relayUrl ?? null);
+}
+
+/** Waits (bounded) until `fn(arg)` is truthy in the page. */
+function until(p, fn, arg, what) {
+  return p.waitForFunction(fn, arg, { timeout: WAIT, polling: 25 }).catch((e) => {
+    throw new Error(`timed out waiting for ${what}: ${e.message.split("\n")[0]}`);
+  });
+}
+
+test("IndexedDB round trip and reload", async () => {
+  const p = await page();
+  await openRepo(p);
+  const id = await p.evaluate(async () => {
+    const doc = await window.repo.create();
+    window.doc = doc;
+    doc.change((d) => { d.title = "groceries"; d.items = ["milk", "eggs"]; d.meta = { n: 3, ok: true, ratio: 0.5 }; });
+    doc.change((d) => { d.items.push("bread"); delete d.meta.ok; });
+    return doc.id;
+  });
+  // saved-locally comes only after the strict write transaction completed.
+  await until(p, () => window.events.some((e) => e.kind === "saved-locally" && e.upto === 2), null, "saved-locally for both changes");
+  const before = await p.evaluate(() => window.doc.value());
+  assert.deepEqual(before, { title: "groceries", items: ["milk", "eggs", "bread"], meta: { n: 3, ratio: 0.5 } });
+  const stored = await p.evaluate(() => new Promise((resolve, reject) => {
+    const r = indexedDB.open("mycel");
+    r.onsuccess = () => {
+      const tx = r.result.transaction("envelopes");
+      const q = tx.objectStore("envelopes").getAllKeys();
+      q.onsuccess = () => { resolve(q.result.length); r.result.close(); };
+      q.onerror = () => reject(q.error);
+    };
+    r.onerror = () => reject(r.error);
+  }));
+  assert.equal(stored, 2, "one envelope per change in IndexedDB");
+
+  await p.reload();
+  await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
+  await openRepo(p);
+  const after = await p.evaluate(async (id) => {
+    const ids = window.repo.documents().map((d) => d.id);
+    const doc = window.repo.documents().find((d) => d.id === id);
+    // Editing after a reload continues the author's sequence.
+    doc.change((d) => { d.title = "groceries (reloaded)"; });
+    await window.repo.flush();
+    return { ids, value: doc.value() };
+  }, id);
+  assert.deepEqual(after.ids, [id]);
+  assert.deepEqual(after.value, { title: "groceries (reloaded)", items: ["milk", "eggs", "bread"], meta: { n: 3, ratio: 0.5 } });
+  await until(p, () => window.events.some((e) => e.kind === "saved-locally" && e.upto === 3), null, "saved-locally at seq 3 after the reload");
+  await p.evaluate(() => window.repo.close());
+});
+
+test("two pages sync through a real relay", async () => {
+  const [a, b] = [await page(), await page()];
+  await openRepo(a, relay.url);
+  await openRepo(b, relay.url);
+  await until(a, () => window.repo.status.online, null, "page A online");
+  const link = await a.evaluate(async () => {
+    window.doc = await window.repo.create();
+    window.doc.change((d) => { d.title = "shared"; d.list = [1, 2]; });
+    return window.doc.shareLink();
+  });
+  assert.match(link, /#d=[A-Za-z0-9_-]+&k=[A-Za-z0-9_-]+$/);
+  await b.evaluate(async (link) => {
+    window.doc = await window.repo.find(link);
+    window.seen = [];
+    window.doc.subscribe((e) => window.seen.push(e));
+    await window.doc.synced({ timeout: 15000 });
+  }, link);
+  await until(b, () => window.doc.value().title === "shared", null, "page B to receive A's document");
+  assert.deepEqual(await b.evaluate(() => window.doc.value()), { title: "shared", list: [1, 2] });
+  await until(a, () => window.events.some((e) => e.kind === "sent"), null, "A's `sent` event");
+
+  await b.evaluate(() => window.doc.change((d) => { d.list.push(3); d.from = "b"; }));
+  await until(a, () => window.doc.value().from === "b", null, "page A to receive B's change");
+  const remote = await a.evaluate(() => window.events.filter((e) => e.kind === "change" && !e.local));
+  assert.ok(remote.length >= 1, "A saw a remote change event");
+  const patches = remote.flatMap((e) => e.patches);
+  assert.ok(patches.some((p) => p.action === "put" && p.path.join("/") === "from" && p.value === "b"), JSON.stringify(patches));
+  assert.ok(patches.some((p) => p.action === "insert" && p.path.join("/") === "list/2"), JSON.stringify(patches));
+  const status = await a.evaluate(() => window.repo.status);
+  assert.equal(status.online, true);
+  const docStatus = Object.values(status.docs)[0];
+  assert.equal(docStatus.peers, 1);
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
+
+test("offline edits on both pages, then convergence", async () => {
+  const [a, b] = [await page(), await page()];
+  await openRepo(a, relay.url);
+  await openRepo(b, relay.url);
+  const link = await a.evaluate(async () => {
+    window.doc = await window.repo.create();
+    window.doc.change((d) => { d.base = 1; });
+    return window.doc.shareLink();
+  });
+  await b.evaluate(async (link) => {
+    window.doc = await window.repo.find(link);
+    await window.doc.synced({ timeout: 15000 });
+  }, link);
+  await until(b, () => window.doc.value().base === 1, null, "B to hold the document");
+
+  await relay.stop();
+  for (const p of [a, b]) await until(p, () => !window.repo.status.online, null, "offline after the relay stopped");
+  await a.evaluate(() => window.doc.change((d) => { d.a = "from A"; d.base = 2; }));
+  await b.evaluate(() => window.doc.change((d) => { d.b = "from B"; d.base = 3; }));
+  for (const p of [a, b]) {
+    // Offline, a change is still saved locally.
+    await until(p, () => window.events.some((e) => e.kind === "saved-locally" && e.upto >= 1 && e.doc === window.doc.id), null, "saved-locally while offline");
+  }
+  await relay.start();
+  for (const p of [a, b]) await until(p, () => window.repo.status.online, null, "back online (reconnect with backoff)");
+  const converged = () => { const v = window.doc.value(); return v.a === "from A" && v.b === "from B"; };
+  await until(a, converged, null, "A to hold both offline edits");
+  await until(b, converged, null, "B to hold both offline edits");
+  const [va, vb] = [await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value())];
+  assert.deepEqual(va, vb, "both pages converge to one value");
+  assert.ok(va.base === 2 || va.base === 3);
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
+
+test("a wrong key gives a clear typed error and no content", async () => {
+  const [a, b] = [await page(), await page()];
+  await openRepo(a, relay.url);
+  await openRepo(b, relay.url);
+  const link = await a.evaluate(async () => {
+    window.doc = await window.repo.create();
+    window.doc.change((d) => { d.secret = "the plan"; });
+    return window.doc.shareLink();
+  });
+  // Another valid key: 32 bytes of base64url, not this document's.
+  const wrong = link.replace(/k=[A-Za-z0-9_-]+$/, "k=" + Buffer.alloc(32, 7).toString("base64url"));
+  assert.notEqual(wrong, link);
+
+  // Where the document is held, the mismatch is caught at once.
+  const mismatch = await a.evaluate(async (wrong) => {
+    try {
+      await window.repo.find(wrong);
+      return null;
+    } catch (e) {
+      return { name: e.name, message: e.message, typed: e instanceof window.mycel.KeyMismatchError && e instanceof window.mycel.MycelError };
+    }
+  }, wrong);
+  assert.ok(mismatch, "find() with a wrong key must throw");
+  assert.equal(mismatch.name, "KeyMismatchError");
+  assert.ok(mismatch.typed);
+  assert.match(mismatch.message, /key is wrong/);
+
+  // Elsewhere, a wrong key meets nobody: a typed error after the timeout, and no content.
+  const elsewhere = await b.evaluate(async (wrong) => {
+    const doc = await window.repo.find(wrong);
+    try {
+      await doc.synced({ timeout: 2500 });
+      return { synced: true };
+    } catch (e) {
+      return { name: e.name, message: e.message, typed: e instanceof window.mycel.UnavailableError, value: doc.value() };
+    }
+  }, wrong);
+  assert.equal(elsewhere.name, "UnavailableError");
+  assert.ok(elsewhere.typed);
+  assert.match(elsewhere.message, /key may be wrong/);
+  assert.deepEqual(elsewhere.value, {});
+
+  // A mangled link says what is wrong with it.
+  const bad = await b.evaluate(async (link) => {
+    try {
+      await window.repo.find(link.split("&k=")[0]);
+      return null;
+    } catch (e) {
+      return { name: e.name, message: e.message, typed: e instanceof window.mycel.LinkError };
+    }
+  }, link);
+  assert.equal(bad.name, "LinkError");
+  assert.ok(bad.typed);
+  assert.match(bad.message, /lacks 'k='/);
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
+
+test("two tabs of one origin: own author slots, changes seen at once without a relay", async () => {
+  const context = await browser.newContext();
+  contexts.push(context);
+  const tab = async () => {
+    const p = await context.newPage();
+    p.setDefaultTimeout(WAIT);
+    p.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+    await p.goto(base);
+    await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
+    await openRepo(p); // no relay: tabs meet through BroadcastChannel only
+    return p;
+  };
+  const t0 = Date.now();
+  const mark = (what) => process.env.MYCEL_TEST_TRACE && console.error(`tabs: ${what} at ${Date.now() - t0} ms`);
+  const a = await tab();
+  mark("tab A open");
+  const b = await tab();
+  mark("tab B open");
+  const [pa, pb] = [await a.evaluate(() => window.repo.peerId), await b.evaluate(() => window.repo.peerId)];
+  assert.notEqual(pa, pb, "each tab signs as its own author (Web Locks slots)");
+  const link = await a.evaluate(async () => {
+    window.doc = await window.repo.create();
+    window.doc.change((d) => { d.note = "from tab A"; });
+    return window.doc.shareLink();
+  });
+  await b.evaluate(async (link) => { window.doc = await window.repo.find(link); }, link);
+  mark("B found the link");
+  await until(b, () => window.doc.value().note === "from tab A", null, "tab B to see tab A's change");
+  mark("B saw A's change");
+  const changed = Date.now();
+  await b.evaluate(() => window.doc.change((d) => { d.reply = "from tab B"; }));
+  await until(a, () => window.doc.value().reply === "from tab B", null, "tab A to see tab B's change");
+  mark("A saw B's change");
+  // "At once": well before the 15 s anti-entropy round could have repaired it.
+  assert.ok(Date.now() - changed < 5000, `tab A saw tab B's change after ${Date.now() - changed} ms`);
+  assert.equal(await a.evaluate(() => window.repo.status.online), false, "no relay was involved");
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
