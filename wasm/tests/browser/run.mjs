@@ -367,3 +367,62 @@ test("two tabs of one origin: own author slots, changes seen at once without a r
   assert.equal(await a.evaluate(() => window.repo.status.online), false, "no relay was involved");
   for (const p of [a, b]) await p.evaluate(() => window.repo.close());
 });
+
+test("the change API: nested lists, collaborative text, typed change errors", async () => {
+  const p = await page();
+  await openRepo(p);
+  const result = await p.evaluate(async () => {
+    const { text, splice, ChangeError } = window.mycel;
+    const doc = await window.repo.create();
+    const seen = [];
+    doc.subscribe((e) => seen.push(e));
+    doc.change((d) => {
+      d.todos = [{ title: "a", done: false }];
+      d.body = text("world");
+      d.when = new Date(0);
+      d.bytes = new Uint8Array([1, 2, 3]);
+    });
+    doc.change((d) => {
+      d.todos.push({ title: "b", done: false });
+      d.todos[0].done = true;
+      d.todos.unshift({ title: "z", done: true });
+      d.todos.splice(1, 1);
+      splice(d, "body", 0, 0, "hello ");
+    });
+    const errors = [];
+    for (const bad of [(d) => { d.x = undefined; }, (d) => { d.todos[9] = 1; }, (d) => { splice(d, "todos", 0, 0, "x"); }]) {
+      try {
+        doc.change(bad);
+        errors.push(null);
+      } catch (e) {
+        errors.push({ name: e.name, typed: e instanceof ChangeError, message: e.message });
+      }
+    }
+    await new Promise((r) => setTimeout(r, 50)); // events are dispatched in a microtask
+    const v = doc.value();
+    return {
+      todos: v.todos,
+      body: v.body,
+      when: v.when instanceof Date && v.when.getTime(),
+      bytes: Array.from(v.bytes),
+      errors,
+      changeEvents: seen.length,
+      local: seen.every((e) => e.local),
+      patchActions: seen.flatMap((e) => e.patches.map((p) => p.action)),
+    };
+  });
+  assert.deepEqual(result.todos, [{ title: "z", done: true }, { title: "b", done: false }]);
+  assert.equal(result.body, "hello world");
+  assert.equal(result.when, 0);
+  assert.deepEqual(result.bytes, [1, 2, 3]);
+  assert.equal(result.changeEvents, 2, "one change event per change, none for refused ones");
+  assert.ok(result.local);
+  assert.ok(result.patchActions.includes("splice") && result.patchActions.includes("insert"), result.patchActions.join());
+  for (const e of result.errors) {
+    assert.ok(e && e.name === "ChangeError" && e.typed, JSON.stringify(result.errors));
+  }
+  assert.match(result.errors[0].message, /undefined cannot be stored/);
+  assert.match(result.errors[1].message, /past the end/);
+  assert.match(result.errors[2].message, /text object/);
+  await p.evaluate(() => window.repo.close());
+});
