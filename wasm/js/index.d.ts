@@ -139,14 +139,21 @@ export interface RepoOptions {
   name?: string;
   /** What share links start with (default: this page's address). */
   base?: string;
-  /** Where the `.wasm` file is, if not beside this module. */
+  /** Where the `.wasm` file is, if not beside this module (a URL when `worker` is set). */
   wasm?: string | URL | Response | BufferSource | WebAssembly.Module;
+  /**
+   * Run the engine (WebAssembly, IndexedDB, sockets) in a dedicated module
+   * Worker, so a large document never blocks the page. The page then keeps
+   * a copy of each document's value; a change the engine refuses is
+   * reported by the repo's `error` event instead of a throw.
+   */
+  worker?: boolean;
 }
 
 export interface RepoEvents extends DocEvents {
   status: { online: boolean };
   warning: { doc?: string; message: string };
-  error: { name: string; message: string };
+  error: { name: string; message: string; doc?: string };
 }
 
 /** A set of documents stored in this browser (IndexedDB) and synced through a relay. */

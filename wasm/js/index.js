@@ -211,6 +211,23 @@ function draft(target, path, ops) {
   });
 }
 
+async function waitSynced(id, status, { timeout = 10_000, peers = 1 } = {}) {
+  const until = Date.now() + timeout;
+  for (;;) {
+    const s = status();
+    const d = s.docs[id] ?? { peers: 0, synced: true };
+    if (d.peers >= peers && d.synced) return;
+    if (Date.now() >= until) {
+      throw new UnavailableError(
+        s.online
+          ? `no peer holding document ${id} answered within ${timeout} ms: the link's key may be wrong, or nobody who has the document is online`
+          : `the relay could not be reached within ${timeout} ms, so document ${id} could not sync`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 const DOC_EVENTS = new Set(["saved-locally", "sent", "stored-remotely", "peer", "change"]);
 
 class Listeners {
@@ -276,6 +293,11 @@ export class DocHandle {
     return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
   }
 
+  // Operations recorded elsewhere (a page whose engine runs in a worker).
+  _applyOps(ops) {
+    call(() => this.#repo._engine().change(this.#id, ops));
+  }
+
   /** Listens to durability and peer events of this document; returns an unsubscribe function. */
   on(event, cb) {
     if (!DOC_EVENTS.has(event)) throw new TypeError(`unknown document event ${JSON.stringify(event)}`);
@@ -301,21 +323,8 @@ export class DocHandle {
    * Resolves once at least `peers` peers were met and each side holds what
    * the other holds; rejects with UnavailableError after `timeout` ms.
    */
-  async synced({ timeout = 10_000, peers = 1 } = {}) {
-    const until = Date.now() + timeout;
-    for (;;) {
-      const s = this.status;
-      if (s.peers >= peers && s.synced) return;
-      if (Date.now() >= until) {
-        const online = this.#repo.status.online;
-        throw new UnavailableError(
-          online
-            ? `no peer holding document ${this.#id} answered within ${timeout} ms: the link's key may be wrong, or nobody who has the document is online`
-            : `the relay could not be reached within ${timeout} ms, so document ${this.#id} could not sync`,
-        );
-      }
-      await new Promise((r) => setTimeout(r, 25));
-    }
+  async synced(options) {
+    return waitSynced(this.#id, () => this.#repo.status, options);
   }
 
   _fire(kind, payload) {
@@ -344,7 +353,8 @@ export class Repo {
    * (default "mycel"); `base`: what share links start with (default: this
    * page's address); `wasm`: where the .wasm file is, if not beside this module.
    */
-  static async open({ relay, name = "mycel", base = defaultBase(), wasm } = {}) {
+  static async open({ relay, name = "mycel", base = defaultBase(), wasm, worker = false } = {}) {
+    if (worker) return WorkerRepo.open({ relay, name, base, wasm });
     await callAsync(() => load(wasm));
     const repo = new Repo(OPEN);
     repo.base = base;
@@ -385,6 +395,10 @@ export class Repo {
       }
       this.#listeners.fire(kind, payload);
     }
+  }
+
+  _handle(id) {
+    return this.#handle(id);
   }
 
   #handle(id) {
@@ -445,3 +459,179 @@ export class Repo {
   }
 }
 const OPEN = Symbol("mycel.open");
+
+// ---- the engine in a dedicated Worker --------------------------------------
+//
+// `Repo.open({ worker: true })` runs the engine (wasm, IndexedDB, sockets) in
+// a module Worker (worker.js), so a large document never blocks the page.
+// The page keeps a copy of each document's value: `value()` reads it,
+// `change(fn)` records operations on it and posts them to the worker (a
+// change the engine refuses is reported by the repo's "error" event, and
+// the copy is refreshed), and every change event brings the new value.
+
+function remoteError(e) {
+  const Class = CLASSES[e?.name] ?? MycelError;
+  return new Class(e?.message ?? String(e));
+}
+
+class WorkerDocHandle {
+  #repo;
+  #id;
+  #links;
+  #value;
+  #listeners = new Listeners();
+
+  constructor(repo, info) {
+    this.#repo = repo;
+    this.#id = info.id;
+    this.#links = { share: info.shareLink, pin: info.pinLink };
+    this.#value = info.value;
+  }
+  get id() {
+    return this.#id;
+  }
+  value() {
+    return structuredClone(this.#value);
+  }
+  change(fn) {
+    if (typeof fn !== "function") throw new ChangeError("change() takes a function that edits a draft");
+    const ops = [];
+    const root = structuredClone(this.#value);
+    fn(draft(root, [], ops));
+    if (ops.length > 0) {
+      this.#value = structuredClone(root);
+      this.#repo._request("change", [this.#id, ops]).catch((e) => {
+        this.#repo._fire("error", { doc: this.#id, name: e.name, message: e.message });
+        this.#repo._request("value", [this.#id]).then((v) => (this.#value = v), () => {});
+      });
+    }
+    return root;
+  }
+  subscribe(cb) {
+    return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
+  }
+  on(event, cb) {
+    if (!DOC_EVENTS.has(event)) throw new TypeError(`unknown document event ${JSON.stringify(event)}`);
+    return this.#listeners.on(event, cb);
+  }
+  shareLink(base) {
+    const l = this.#links.share;
+    return base === undefined ? l : base + l.slice(l.indexOf("#"));
+  }
+  pinLink(base) {
+    const l = this.#links.pin;
+    return base === undefined ? l : base + l.slice(l.indexOf("#"));
+  }
+  get status() {
+    return this.#repo.status.docs[this.#id] ?? { peers: 0, synced: true, pinningPeers: 0 };
+  }
+  async synced(options) {
+    return waitSynced(this.#id, () => this.#repo.status, options);
+  }
+  _fire(kind, payload, value) {
+    if (value !== undefined) this.#value = value;
+    this.#listeners.fire(kind, payload);
+  }
+}
+
+class WorkerRepo {
+  #worker;
+  #pending = new Map();
+  #next = 1;
+  #handles = new Map();
+  #listeners = new Listeners();
+  #status;
+  #peerId;
+  base;
+
+  constructor(token, worker, base) {
+    if (token !== OPEN) throw new TypeError("use Repo.open({ worker: true })");
+    this.#worker = worker;
+    this.base = base;
+    worker.onmessage = ({ data }) => this.#receive(data);
+    worker.onerror = (e) => {
+      const error = new MycelError(`the mycel worker failed: ${e.message ?? e}`);
+      for (const { reject } of this.#pending.values()) reject(error);
+      this.#pending.clear();
+    };
+  }
+
+  static async open({ relay, name, base, wasm }) {
+    const worker = new Worker(new URL("./worker.js", import.meta.url), { type: "module", name: `mycel:${name}` });
+    const repo = new WorkerRepo(OPEN, worker, base);
+    try {
+      const info = await repo._request("open", [{ relay, name, base, wasm: wasm === undefined ? undefined : String(wasm) }]);
+      repo.#peerId = info.peerId;
+      for (const d of info.docs) repo.#handle(d);
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    return repo;
+  }
+
+  _request(method, args = []) {
+    if (!this.#worker) return Promise.reject(new ClosedError("the repo is closed"));
+    const id = this.#next++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject });
+      this.#worker.postMessage({ id, method, args });
+    });
+  }
+
+  #receive(m) {
+    if (m.status) this.#status = m.status;
+    if (m.id !== undefined) {
+      const p = this.#pending.get(m.id);
+      this.#pending.delete(m.id);
+      if (m.error) p?.reject(remoteError(m.error));
+      else p?.resolve(m.result);
+      return;
+    }
+    if (m.type === "event") {
+      if (m.payload && typeof m.payload.doc === "string") this.#handles.get(m.payload.doc)?._fire(m.kind, m.payload, m.value);
+      this.#listeners.fire(m.kind, m.payload);
+    }
+  }
+
+  _fire(kind, payload) {
+    this.#listeners.fire(kind, payload);
+  }
+
+  #handle(info) {
+    let h = this.#handles.get(info.id);
+    if (!h) {
+      h = new WorkerDocHandle(this, info);
+      this.#handles.set(info.id, h);
+    }
+    return h;
+  }
+
+  get peerId() {
+    return this.#peerId;
+  }
+  get status() {
+    return this.#status;
+  }
+  async create() {
+    return this.#handle(await this._request("create"));
+  }
+  async find(link) {
+    return this.#handle(await this._request("find", [String(link)]));
+  }
+  documents() {
+    return [...this.#handles.values()];
+  }
+  on(event, cb) {
+    return this.#listeners.on(event, cb);
+  }
+  async flush() {
+    await this._request("flush");
+  }
+  async close() {
+    if (!this.#worker) return;
+    await this._request("close").catch(() => {});
+    this.#worker.terminate();
+    this.#worker = null;
+  }
+}

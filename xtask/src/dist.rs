@@ -184,7 +184,7 @@ pub fn npm_package(ctx: &Ctx) -> Result {
 }
 
 /// The hand-written files of the npm package, in wasm/js/.
-const PACKAGE_FILES: &[&str] = &["index.js", "index.d.ts", "package.json"];
+const PACKAGE_FILES: &[&str] = &["index.js", "worker.js", "index.d.ts", "package.json"];
 
 /// Budget of the issue: the gzipped .wasm at most 450 KB.
 const WASM_GZIP_BUDGET: u64 = 450 * 1024;
