@@ -162,6 +162,16 @@ function until(p, fn, arg, what) {
 
 test("IndexedDB round trip and reload", async () => {
   const p = await page();
+  // Record how every read-write transaction is asked for: saved-locally is
+  // allowed only after a write with strict durability.
+  await p.evaluate(() => {
+    window.writes = [];
+    const original = IDBDatabase.prototype.transaction;
+    IDBDatabase.prototype.transaction = function (stores, mode, options) {
+      if (mode === "readwrite") window.writes.push(options?.durability ?? "default");
+      return original.apply(this, arguments);
+    };
+  });
   await openRepo(p);
   const id = await p.evaluate(async () => {
     const doc = await window.repo.create();
@@ -185,6 +195,9 @@ test("IndexedDB round trip and reload", async () => {
     r.onerror = () => reject(r.error);
   }));
   assert.equal(stored, 2, "one envelope per change in IndexedDB");
+  const writes = await p.evaluate(() => window.writes);
+  assert.ok(writes.length >= 2, `mycel wrote through IndexedDB transactions: ${JSON.stringify(writes)}`);
+  assert.ok(writes.every((d) => d === "strict"), `every write transaction is strict: ${JSON.stringify(writes)}`);
 
   await p.reload();
   await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
