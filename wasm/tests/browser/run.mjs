@@ -9,7 +9,7 @@
 // any failure exits non-zero.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
@@ -159,6 +159,14 @@ function until(p, fn, arg, what) {
     throw new Error(`timed out waiting for ${what}: ${e.message.split("\n")[0]}`);
   });
 }
+
+test("the TypeScript declarations (index.d.ts) type-check a typical use, and refuse misuse", () => {
+  // types-check.ts imports ../../js/index.js, whose types are the hand-written index.d.ts.
+  execFileSync(process.execPath, [path.join(here, "node_modules/typescript/bin/tsc"), "-p", path.join(here, "tsconfig.json")], {
+    stdio: "inherit",
+    timeout: 60_000,
+  });
+});
 
 test("IndexedDB round trip and reload", async () => {
   const p = await page();
