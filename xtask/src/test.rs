@@ -19,6 +19,8 @@ const SUITES: &[(&str, Suite)] = &[(
 /// Where the browser tests find Chromium (Debian's package; Playwright
 /// never downloads a browser here).
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// Debian's chromedriver for wasm-bindgen-test-runner.
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// Runs `f`, printing how long it took (install steps are measured).
 fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -29,8 +31,10 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// The npm package `mycel` in real headless Chromium through
-/// playwright-core: IndexedDB round trip and reload, two pages syncing
-/// through a real relay, offline edits converging, a wrong key.
+/// playwright-core (IndexedDB round trip and reload, two pages syncing
+/// through a real relay, offline edits converging, a wrong key, two tabs,
+/// the engine in a Worker, the TypeScript declarations), after the Rust
+/// side's wasm-bindgen-test run in the same browser.
 fn browser_tests(ctx: &Ctx) -> Result {
     let dir = ctx.root.join("wasm/tests/browser");
     timed("Chromium", || {
@@ -46,6 +50,45 @@ fn browser_tests(ctx: &Ctx) -> Result {
     timed("npm package (cargo xtask dist's wasm/pkg)", || {
         crate::dist::npm_package(ctx)
     })?;
+    // The Rust side in the browser: wasm-bindgen-test through chromedriver
+    // (flags in wasm/webdriver.json).
+    timed("chromedriver", || {
+        if Path::new(CHROMEDRIVER).is_file() {
+            println!("--> {CHROMEDRIVER}: present");
+            Ok(())
+        } else {
+            ensure_apt(ctx, &["chromium-driver"])
+        }
+    })?;
+    let runner = crate::ensure::ensure_cargo_tool(
+        ctx,
+        "wasm-bindgen-test-runner",
+        "--version",
+        crate::dist::WASM_BINDGEN_VERSION,
+        &[
+            "wasm-bindgen-cli",
+            "--version",
+            crate::dist::WASM_BINDGEN_VERSION,
+            "--no-default-features",
+        ],
+    )?;
+    timed(
+        "wasm-bindgen-test in Chromium (wasm/tests/browser_store.rs)",
+        || {
+            ctx.cargo()
+                .args([
+                    "test",
+                    "-p",
+                    "mycel-wasm",
+                    "--target",
+                    "wasm32-unknown-unknown",
+                ])
+                .args(["--test", "browser_store", "--locked"])
+                .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER", &runner)
+                .env("CHROMEDRIVER", CHROMEDRIVER)
+                .run()
+        },
+    )?;
     timed("debug build of mycel-relay", || {
         ctx.cargo()
             .args(["build", "-p", "mycel-relay", "--locked"])
