@@ -112,7 +112,11 @@ export class DocHandle<T = { [key: string]: Value }> {
   private constructor();
   /** The document id (base64url). */
   readonly id: string;
-  /** The document as a plain object (a fresh copy on every call). */
+  /**
+   * The document as a plain object: a fresh copy on every call, or, in a
+   * repo opened with `worker: true`, a frozen (read-only) object shared
+   * between calls until the next change.
+   */
   value(): T;
   /**
    * Changes the document: edit the draft like a plain object

@@ -469,6 +469,15 @@ const OPEN = Symbol("mycel.open");
 // change the engine refuses is reported by the repo's "error" event, and
 // the copy is refreshed), and every change event brings the new value.
 
+// Values from the worker are frozen and shared: copying a large document
+// for every read would itself block the page.
+function deepFreeze(v) {
+  if (v === null || typeof v !== "object" || ArrayBuffer.isView(v) || Object.isFrozen(v)) return v;
+  Object.freeze(v);
+  for (const k of Object.keys(v)) deepFreeze(v[k]);
+  return v;
+}
+
 function remoteError(e) {
   const Class = CLASSES[e?.name] ?? MycelError;
   return new Class(e?.message ?? String(e));
@@ -485,13 +494,14 @@ class WorkerDocHandle {
     this.#repo = repo;
     this.#id = info.id;
     this.#links = { share: info.shareLink, pin: info.pinLink };
-    this.#value = info.value;
+    this.#value = deepFreeze(info.value);
   }
   get id() {
     return this.#id;
   }
+  /** The document, frozen (read-only) and shared between calls in a worker repo. */
   value() {
-    return structuredClone(this.#value);
+    return this.#value;
   }
   change(fn) {
     if (typeof fn !== "function") throw new ChangeError("change() takes a function that edits a draft");
@@ -499,10 +509,10 @@ class WorkerDocHandle {
     const root = structuredClone(this.#value);
     fn(draft(root, [], ops));
     if (ops.length > 0) {
-      this.#value = structuredClone(root);
+      this.#value = deepFreeze(structuredClone(root));
       this.#repo._request("change", [this.#id, ops]).catch((e) => {
         this.#repo._fire("error", { doc: this.#id, name: e.name, message: e.message });
-        this.#repo._request("value", [this.#id]).then((v) => (this.#value = v), () => {});
+        this.#repo._request("value", [this.#id]).then((v) => (this.#value = deepFreeze(v)), () => {});
       });
     }
     return root;
@@ -529,7 +539,7 @@ class WorkerDocHandle {
     return waitSynced(this.#id, () => this.#repo.status, options);
   }
   _fire(kind, payload, value) {
-    if (value !== undefined) this.#value = value;
+    if (value !== undefined) this.#value = deepFreeze(value);
     this.#listeners.fire(kind, payload);
   }
 }
