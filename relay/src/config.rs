@@ -104,6 +104,10 @@ pub struct Config {
     #[arg(long, env = "MYCEL_RELAY_SHUTDOWN_TIMEOUT", default_value_t = Dur(Duration::from_secs(5)))]
     pub shutdown_timeout: Dur,
 
+    /// NATS server through which rooms span several relays (e.g. nats://127.0.0.1:4222); none: this relay alone.
+    #[arg(long, env = "MYCEL_RELAY_BACKPLANE")]
+    pub backplane: Option<String>,
+
     /// Instead of serving, GET /healthz on --listen and exit 0 if healthy (for container health checks).
     #[arg(long)]
     pub health_check: bool,
@@ -135,6 +139,7 @@ impl Default for Config {
             ping_interval: Dur(Duration::from_secs(25)),
             idle_timeout: Dur(Duration::from_secs(60)),
             shutdown_timeout: Dur(Duration::from_secs(5)),
+            backplane: None,
             health_check: false,
         }
     }
@@ -160,6 +165,11 @@ impl Config {
             return bad(
                 "--burst-bytes must be at least --max-frame (else a largest frame never passes)",
             );
+        }
+        if let Some(url) = &self.backplane
+            && !["nats://", "tls://"].iter().any(|s| url.starts_with(s))
+        {
+            return bad("--backplane must be a nats:// (or tls://) URL");
         }
         if self.max_connections == 0 {
             return bad("--max-connections must be at least 1");

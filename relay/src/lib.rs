@@ -35,6 +35,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod backplane;
 pub mod config;
 mod conn;
 pub mod metrics;

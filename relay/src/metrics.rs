@@ -99,6 +99,13 @@ pub struct Metrics {
     pub bytes_out: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub idle_timeouts: AtomicU64,
+    /// 1 while connected to the NATS backplane (0 without one).
+    pub backplane_up: AtomicI64,
+    pub backplane_disconnects: AtomicU64,
+    pub backplane_in: AtomicU64,
+    pub backplane_out: AtomicU64,
+    pub backplane_dropped: AtomicU64,
+    pub backplane_bad: AtomicU64,
     rejected: [AtomicU64; Reject::ALL.len()],
     refused: [AtomicU64; Refuse::ALL.len()],
 }
@@ -199,6 +206,42 @@ impl Metrics {
             "counter",
             "Connections closed for silence past --idle-timeout.",
             c(&self.idle_timeouts),
+        );
+        one(
+            "mycel_relay_backplane_up",
+            "gauge",
+            "1 while connected to the NATS backplane; 0 when disconnected or without one.",
+            g(&self.backplane_up),
+        );
+        one(
+            "mycel_relay_backplane_disconnects_total",
+            "counter",
+            "Times the NATS backplane connection was lost (the relay ran degraded).",
+            c(&self.backplane_disconnects),
+        );
+        one(
+            "mycel_relay_backplane_messages_in_total",
+            "counter",
+            "Messages received from other relays on room subjects.",
+            c(&self.backplane_in),
+        );
+        one(
+            "mycel_relay_backplane_messages_out_total",
+            "counter",
+            "Messages published to other relays.",
+            c(&self.backplane_out),
+        );
+        one(
+            "mycel_relay_backplane_dropped_total",
+            "counter",
+            "Messages for other relays dropped while the backplane was down.",
+            c(&self.backplane_dropped),
+        );
+        one(
+            "mycel_relay_backplane_invalid_total",
+            "counter",
+            "Messages from the backplane refused as malformed.",
+            c(&self.backplane_bad),
         );
         let _ = writeln!(
             out,

@@ -18,6 +18,7 @@ use futures_util::task::AtomicWaker;
 use mycel_core::id::RoomId;
 use mycel_core::wire::{PeerTag, RelayEvent, encode_frame};
 
+use crate::backplane::{Backplane, Outgoing};
 use crate::metrics::Metrics;
 
 /// Why a connection is being closed by someone other than itself.
@@ -160,6 +161,29 @@ struct Room {
     // A Vec, not a map: a publish walks every member, which a Vec does
     // fastest, and rooms are small next to that cost.
     members: Vec<Member>,
+    /// Members on other relays (backplane): tag and relay id. A room
+    /// exists here only while it has local members.
+    remote: Vec<(PeerTag, u64)>,
+}
+
+impl Room {
+    fn has_tag(&self, tag: PeerTag) -> bool {
+        self.members.iter().any(|m| m.tag == tag) || self.remote.iter().any(|(t, _)| *t == tag)
+    }
+
+    fn local_tags(&self) -> Vec<PeerTag> {
+        self.members.iter().map(|m| m.tag).collect()
+    }
+
+    /// Queues a presence event to every local member.
+    fn tell(&self, ev: &RelayEvent, d: &mut Delivery, metrics: &Metrics) {
+        let note = Bytes::from(encode_frame(ev));
+        let before = d.queued;
+        for m in &self.members {
+            count(d, m.outbox.push(note.clone()));
+        }
+        metrics.sent(d.queued - before, note.len());
+    }
 }
 
 /// Why a room operation failed.
@@ -185,10 +209,17 @@ pub struct Registry {
     /// unkeyed hash would let one pile rooms into one shard.
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    backplane: Option<Backplane>,
 }
 
 impl Registry {
+    #[cfg(test)]
     pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry::with_backplane(metrics, None)
+    }
+
+    /// A registry whose rooms span relays through `backplane`.
+    pub fn with_backplane(metrics: Arc<Metrics>, backplane: Option<Backplane>) -> Registry {
         let shards = (0..64)
             .map(|_| Mutex::new(HashMap::default()))
             .collect::<Vec<_>>()
@@ -197,6 +228,20 @@ impl Registry {
             shards,
             hasher: RandomState::new(),
             metrics,
+            backplane,
+        }
+    }
+
+    pub fn backplane(&self) -> Option<&Backplane> {
+        self.backplane.as_ref()
+    }
+
+    /// Hands `out` to the backplane, if any, counting what it drops.
+    fn to_backplane(&self, out: Outgoing) {
+        if let Some(bp) = &self.backplane
+            && !bp.push(out)
+        {
+            self.metrics.backplane_dropped.fetch_add(1, Relaxed);
         }
     }
 
@@ -215,17 +260,26 @@ impl Registry {
         let mut shard = self.shard(&room);
         let r = shard.entry(room).or_insert_with(|| {
             self.metrics.rooms.fetch_add(1, Relaxed);
+            // Under the shard lock, so subscribe and unsubscribe of one
+            // room reach the backplane in the order they happened.
+            self.to_backplane(Outgoing::Subscribe(room));
             Room::default()
         });
         // Random per (connection, room): a tag links nothing across rooms.
-        // Collisions are astronomically rare but cheap to rule out.
+        // Collisions are astronomically rare but cheap to rule out (across
+        // relays they are left to the 64 random bits).
         let tag = loop {
             let t = PeerTag(rand::random());
-            if r.members.iter().all(|m| m.tag != t) {
+            if !r.has_tag(t) {
                 break t;
             }
         };
-        let peers: Vec<PeerTag> = r.members.iter().map(|m| m.tag).collect();
+        let peers: Vec<PeerTag> = r
+            .members
+            .iter()
+            .map(|m| m.tag)
+            .chain(r.remote.iter().map(|(t, _)| *t))
+            .collect();
         let joined = Bytes::from(encode_frame(&RelayEvent::Joined {
             room,
             you: tag,
@@ -245,6 +299,9 @@ impl Registry {
             outbox: outbox.clone(),
         });
         self.metrics.memberships.fetch_add(1, Relaxed);
+        if self.backplane.is_some() {
+            self.to_backplane(Outgoing::Roster(room));
+        }
         (tag, d)
     }
 
@@ -258,6 +315,7 @@ impl Registry {
                 r.members
                     .iter()
                     .map(|m| m.tag)
+                    .chain(r.remote.iter().map(|(t, _)| *t))
                     .filter(|t| *t != me)
                     .collect()
             })
@@ -280,7 +338,11 @@ impl Registry {
         if r.members.is_empty() {
             shard.remove(&room);
             self.metrics.rooms.fetch_sub(1, Relaxed);
+            self.to_backplane(Outgoing::Unsubscribe(room));
             return d;
+        }
+        if self.backplane.is_some() {
+            self.to_backplane(Outgoing::Roster(room));
         }
         let note = Bytes::from(encode_frame(&RelayEvent::PeerLeft { room, peer: tag }));
         for m in &r.members {
@@ -298,6 +360,9 @@ impl Registry {
             for m in r.members.iter().filter(|m| m.tag != from) {
                 count(&mut d, m.outbox.push(frame.clone()));
             }
+            if !r.remote.is_empty() {
+                self.to_backplane(Outgoing::Publish(*room, frame.clone()));
+            }
         }
         drop(shard);
         self.metrics.sent(d.queued, frame.len());
@@ -310,14 +375,129 @@ impl Registry {
         let len = frame.len();
         {
             let shard = self.shard(room);
-            let m = shard
-                .get(room)
-                .and_then(|r| r.members.iter().find(|m| m.tag == to))
-                .ok_or(RoomError::UnknownPeer)?;
-            count(&mut d, m.outbox.push(frame));
+            let r = shard.get(room).ok_or(RoomError::UnknownPeer)?;
+            match r.members.iter().find(|m| m.tag == to) {
+                Some(m) => count(&mut d, m.outbox.push(frame)),
+                None if r.remote.iter().any(|(t, _)| *t == to) => {
+                    self.to_backplane(Outgoing::Send(*room, to, frame));
+                    return Ok(d);
+                }
+                None => return Err(RoomError::UnknownPeer),
+            }
         }
         self.metrics.sent(d.queued, len);
         Ok(d)
+    }
+
+    // ---- the backplane's side ------------------------------------------
+
+    /// The tags of the local members of `room`.
+    pub fn local_tags(&self, room: &RoomId) -> Vec<PeerTag> {
+        self.shard(room)
+            .get(room)
+            .map(Room::local_tags)
+            .unwrap_or_default()
+    }
+
+    /// Every room with local members, with their tags.
+    pub fn local_rosters(&self) -> Vec<(RoomId, Vec<PeerTag>)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            out.extend(shard.iter().map(|(id, r)| (*id, r.local_tags())));
+        }
+        out
+    }
+
+    /// A `Message` frame published on another relay: to every local member.
+    pub fn remote_publish(&self, room: &RoomId, frame: &Bytes) -> Delivery {
+        let mut d = Delivery::default();
+        if let Some(r) = self.shard(room).get(room) {
+            for m in &r.members {
+                count(&mut d, m.outbox.push(frame.clone()));
+            }
+        }
+        self.metrics.sent(d.queued, frame.len());
+        d
+    }
+
+    /// A `Message` frame sent on another relay to `to`, if `to` is here.
+    pub fn remote_send(&self, room: &RoomId, to: PeerTag, frame: Bytes) -> Delivery {
+        let mut d = Delivery::default();
+        let len = frame.len();
+        if let Some(m) = self
+            .shard(room)
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| m.tag == to))
+        {
+            count(&mut d, m.outbox.push(frame));
+        }
+        self.metrics.sent(d.queued, len);
+        d
+    }
+
+    /// Relay `relay`'s local members of `room` are now `tags`: those new
+    /// join, those gone leave (presence events to the local members).
+    pub fn remote_roster(&self, room: &RoomId, relay: u64, tags: &[PeerTag]) -> Delivery {
+        let mut d = Delivery::default();
+        let mut shard = self.shard(room);
+        let Some(r) = shard.get_mut(room) else {
+            return d;
+        };
+        let mut left = Vec::new();
+        r.remote.retain(|(t, from)| {
+            let keep = *from != relay || tags.contains(t);
+            if !keep {
+                left.push(*t);
+            }
+            keep
+        });
+        for peer in left {
+            r.tell(
+                &RelayEvent::PeerLeft { room: *room, peer },
+                &mut d,
+                &self.metrics,
+            );
+        }
+        for &peer in tags {
+            if !r.has_tag(peer) {
+                r.remote.push((peer, relay));
+                r.tell(
+                    &RelayEvent::PeerJoined { room: *room, peer },
+                    &mut d,
+                    &self.metrics,
+                );
+            }
+        }
+        d
+    }
+
+    /// Relay `relay` is gone: its members leave every room.
+    pub fn relay_gone(&self, relay: u64) -> Delivery {
+        let mut d = Delivery::default();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (room, r) in shard.iter_mut() {
+                let gone: Vec<PeerTag> = r
+                    .remote
+                    .iter()
+                    .filter(|(_, from)| *from == relay)
+                    .map(|(t, _)| *t)
+                    .collect();
+                if gone.is_empty() {
+                    continue;
+                }
+                r.remote.retain(|(_, from)| *from != relay);
+                for peer in gone {
+                    r.tell(
+                        &RelayEvent::PeerLeft { room: *room, peer },
+                        &mut d,
+                        &self.metrics,
+                    );
+                }
+            }
+        }
+        d
     }
 }
 

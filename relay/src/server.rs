@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 use tower_http::services::ServeDir;
 
+use crate::backplane::{self, Backplane, Outgoing};
 use crate::config::Config;
 use crate::metrics::{Metrics, Refuse};
 use crate::registry::{Kick, Outbox, Registry};
@@ -55,10 +56,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    fn new(config: Config) -> Shared {
+    fn new(config: Config, backplane: Option<Backplane>) -> Shared {
         let metrics = Arc::new(Metrics::default());
         Shared {
-            registry: Registry::new(metrics.clone()),
+            registry: Registry::with_backplane(metrics.clone(), backplane),
             metrics,
             conns: (0..16).map(|_| Mutex::default()).collect(),
             next_id: AtomicU64::new(1),
@@ -71,7 +72,7 @@ impl Shared {
 
     #[cfg(test)]
     pub fn for_tests() -> Shared {
-        Shared::new(Config::default())
+        Shared::new(Config::default(), None)
     }
 
     #[cfg(test)]
@@ -181,7 +182,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RelayError> {
     config.validate()?;
-    let shared = Arc::new(Shared::new(config));
+    let (backplane, backplane_rx) = match config.backplane.is_some() {
+        true => {
+            let (b, rx) = Backplane::new();
+            (Some(b), Some(rx))
+        }
+        false => (None, None),
+    };
+    let shared = Arc::new(Shared::new(config, backplane));
+    let backplane_task = match (shared.config.backplane.clone(), backplane_rx) {
+        (Some(url), Some(rx)) => {
+            tracing::info!(%url, "rooms span relays through the NATS backplane");
+            Some(tokio::spawn(backplane::run(url, shared.clone(), rx)))
+        }
+        _ => None,
+    };
     let router = router(shared.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let addr = listener.local_addr().map_err(RelayError::Io)?;
@@ -225,6 +240,19 @@ pub async fn serve(
             left = shared.metrics.tcp_connections.load(Relaxed),
             "shutdown timeout: abandoning connections"
         );
+    }
+    if let Some(mut task) = backplane_task {
+        // Tells the other relays this one's members are gone (`Bye`), so
+        // they need not wait for the expiry.
+        if let Some(bp) = shared.registry.backplane() {
+            bp.push(Outgoing::Shutdown);
+        }
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
     tracing::info!("relay stopped");
     Ok(())
@@ -366,10 +394,19 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     } else {
         StatusCode::OK
     };
-    let body = if status == StatusCode::OK {
-        "ok\n"
-    } else {
+    // Degraded is still 200: the relay serves its own members, and taking
+    // it out of a load balancer would only move them to another relay
+    // that cannot reach NATS either.
+    let degraded = shared
+        .registry
+        .backplane()
+        .is_some_and(|b| !b.state.up.load(Relaxed));
+    let body = if status != StatusCode::OK {
         "shutting down\n"
+    } else if degraded {
+        "degraded: the backplane (NATS) is unreachable; rooms span only this relay\n"
+    } else {
+        "ok\n"
     };
     (
         status,
