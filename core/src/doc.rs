@@ -224,13 +224,18 @@ impl Replica {
     }
 
     /// Makes a local change: runs `f` on the document and hands the change
-    /// to the node (sealed, persisted, then sent).
+    /// to the node (sealed, persisted, then sent). Changes the node has
+    /// accepted but not yet applied (the host has not drained it since
+    /// `open`, or apply is deferred) are applied first, so a local change
+    /// never builds on a stale document (e.g. an empty one right after
+    /// `open`, which would then conflict with the stored structure).
     pub fn change<T>(
         &mut self,
         now: Timestamp,
         doc: DocId,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<T, ReplicaError> {
+        self.catch_up(doc);
         let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         let (value, change) = d.change(f)?;
         if let Some(change) = change {
@@ -248,6 +253,7 @@ impl Replica {
         doc: DocId,
         changes: Vec<Vec<u8>>,
     ) -> Result<(), ReplicaError> {
+        self.catch_up(doc);
         let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         d.apply(changes.clone())?;
         // One batch: sealed with one signature per (up to 4,096) changes.
@@ -290,6 +296,22 @@ impl Replica {
                     }
                 }
             }
+        }
+    }
+
+    /// Takes the node's queued outputs in (keeping their order for
+    /// [`Replica::poll`]) and applies what is pending for `doc`.
+    fn catch_up(&mut self, doc: DocId) {
+        while let Some(out) = self.node.poll() {
+            match out {
+                Output::Apply { doc, changes } => {
+                    self.pending.entry(doc).or_default().extend(changes);
+                }
+                other => self.ready.push_back(other),
+            }
+        }
+        if self.pending.contains_key(&doc) {
+            self.flush();
         }
     }
 
@@ -426,6 +448,58 @@ mod tests {
         assert_eq!(a.doc(doc).unwrap().heads(), elsewhere.heads());
         assert_eq!(b.doc(doc).unwrap().heads(), elsewhere.heads());
         assert_eq!(b.node().vector(doc).unwrap().get(&a.node().peer_id()), 40);
+    }
+
+    /// A change made right after `open`, before the host drained the
+    /// replica, builds on the stored document, not on an empty one.
+    #[test]
+    fn a_change_right_after_open_builds_on_the_stored_document() {
+        let now = Timestamp(0);
+        use crate::crypto::DocKey;
+        use automerge::ReadDoc;
+        let doc = DocId([2; 16]);
+        let key = DocKey::from_bytes([1; 32]);
+        let identity = || Identity::from_secret([5; 32]);
+        let mut first = Replica::new(identity(), NodeConfig::default(), [6; 32]);
+        first
+            .open(now, doc, DocAccess::Full(key.clone()), [])
+            .unwrap();
+        first
+            .change(now, doc, |tx| {
+                tx.put_object(ROOT, "items", automerge::ObjType::List)
+            })
+            .unwrap();
+        let mut stored = Vec::new();
+        while let Some(out) = first.poll() {
+            if let Output::Persist { records, .. } = out {
+                stored.extend(records.iter().map(|e| e.bytes().to_vec()));
+            }
+        }
+        assert_eq!(stored.len(), 1);
+        let mut again = Replica::new(identity(), NodeConfig::default(), [7; 32]);
+        again
+            .open(
+                now,
+                doc,
+                DocAccess::Full(key),
+                stored.iter().map(Vec::as_slice),
+            )
+            .unwrap();
+        // No poll in between.
+        let found = again
+            .change(
+                now,
+                doc,
+                |tx| Ok(ReadDoc::get(tx, ROOT, "items")?.is_some()),
+            )
+            .unwrap();
+        assert!(found, "the stored list is there");
+        // The outputs queued before the change still come out, in order.
+        let mut changed = false;
+        while let Some(out) = again.poll() {
+            changed |= matches!(out, Output::Event(Event::Changed { .. }));
+        }
+        assert!(changed);
     }
 
     #[test]

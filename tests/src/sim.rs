@@ -395,6 +395,9 @@ impl Sim {
         )
         .expect("a replica reopens from its own store");
         node.replica = Some(r);
+        // A host drains the replica after opening (its stored changes are
+        // applied then), even with no link up yet.
+        self.drain(i);
         match self.cfg.topology {
             Topology::Relay => self.input(
                 i,
