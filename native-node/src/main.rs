@@ -56,9 +56,10 @@ enum Command {
     /// Sync one document through a relay until both sides hold the union.
     Sync {
         link: String,
-        /// Relay WebSocket URL, e.g. ws://127.0.0.1:8080/ws
-        #[arg(long, env = "MYCEL_RELAY")]
-        relay: String,
+        /// Relay WebSocket URL, e.g. ws://127.0.0.1:8080/ws; several
+        /// (comma-separated or repeated) to fail over between.
+        #[arg(long, env = "MYCEL_RELAY", value_delimiter = ',', required = true)]
+        relay: Vec<String>,
         /// Peers of the document to meet (and sync with) before finishing.
         #[arg(long, default_value_t = 1)]
         wait_peers: usize,
@@ -70,8 +71,10 @@ enum Command {
     Pin { pin_link: String },
     /// Keep every document and pin in sync until SIGTERM or Ctrl-C.
     Serve {
-        #[arg(long, env = "MYCEL_RELAY")]
-        relay: String,
+        /// Relay WebSocket URL; several (comma-separated or repeated) to
+        /// fail over between.
+        #[arg(long, env = "MYCEL_RELAY", value_delimiter = ',', required = true)]
+        relay: Vec<String>,
     },
     /// Shrink the store: replace each document's envelopes with an
     /// encrypted snapshot (all documents with a key, or the one of LINK).
@@ -177,8 +180,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut host = Host::open(store, true).map_err(err)?;
             host.open_all().map_err(err)?;
             eprintln!(
-                "serving {} document(s) through {relay}",
-                host.store.docs().len()
+                "serving {} document(s) through {}",
+                host.store.docs().len(),
+                relay.join(", ")
             );
             runtime()?
                 .block_on(net::run(&mut host, &relay, Mode::Serve, shutdown_signal()))

@@ -115,12 +115,21 @@ fn done(host: &Host, mode: &Mode) -> Option<usize> {
 }
 
 /// Runs the relay link until the mode's goal, a timeout, or `shutdown`.
+///
+/// Multi-homing: `relays` are tried in turn. The node stays on the one it
+/// reached; when that one fails or drops, it moves to the next at once
+/// (the relays of one deployment share rooms through their backplane), and
+/// backs off only after every relay failed in a row. On each new link the
+/// sessions resume by vector exchange, so nothing is lost in a failover.
 pub async fn run(
     host: &mut Host,
-    relay: &str,
+    relays: &[String],
     mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, HostError> {
+    if relays.is_empty() {
+        return Err(HostError::Io("no relay given".into()));
+    }
     tokio::pin!(shutdown);
     let deadline = match &mode {
         Mode::Sync { timeout, .. } => Some(Instant::now() + *timeout),
@@ -128,12 +137,16 @@ pub async fn run(
     };
     let timed_out = || {
         HostError::Io(format!(
-            "timed out before the sync completed (relay {relay})"
+            "timed out before the sync completed (relay {})",
+            relays.join(", ")
         ))
     };
     let mut backoff = Backoff::new();
     let mut link_no = 0u64;
+    // Which relay to try next, and how many failed in a row.
+    let (mut next, mut failed) = (0usize, 0usize);
     loop {
+        let relay = relays[next % relays.len()].as_str();
         let connect = tokio_tungstenite::connect_async(relay);
         let ws = tokio::select! {
             r = connect => r,
@@ -143,6 +156,13 @@ pub async fn run(
         let mut ws = match ws {
             Ok((ws, _)) => ws,
             Err(e) => {
+                next += 1;
+                failed += 1;
+                if failed < relays.len() {
+                    eprintln!("cannot reach relay {relay}: {e}; trying the next one");
+                    continue;
+                }
+                failed = 0;
                 let delay = backoff.delay(host.rng().u64());
                 eprintln!("cannot reach relay {relay}: {e}; retrying in {delay:?}");
                 tokio::select! {
@@ -153,6 +173,10 @@ pub async fn run(
             }
         };
         backoff.reset();
+        failed = 0;
+        if relays.len() > 1 {
+            eprintln!("connected to relay {relay}");
+        }
         link_no += 1;
         let link = LinkId(link_no);
         let mut wake: Option<Instant> = None;
@@ -208,6 +232,11 @@ pub async fn run(
         host.handle(Input::LinkDown { link })?;
         if let Some(outcome) = ended {
             return Ok(outcome);
+        }
+        if relays.len() > 1 {
+            next += 1;
+            eprintln!("lost the relay {relay}; failing over to the next one");
+            continue;
         }
         let delay = backoff.delay(host.rng().u64());
         eprintln!("lost the relay {relay}; reconnecting in {delay:?}");

@@ -1,7 +1,10 @@
 //! End to end: real relay, real node processes, 127.0.0.1 only.
 
 mod support;
-use support::{data_dir, finish, node, ok, spawn, start_relay, start_stoppable_relay, ws};
+use support::{
+    Nats, data_dir, finish, node, ok, spawn, start_relay, start_stoppable_relay,
+    start_stoppable_relay_with, ws,
+};
 
 use std::io::{BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -504,4 +507,55 @@ fn a_network_cut_in_the_middle_of_a_stream_heals_to_convergence() {
     assert_eq!(ja, jb);
     let v: serde_json::Value = serde_json::from_str(&ja).unwrap();
     assert_eq!(v["k1999"].as_str().map(str::len), Some(200));
+}
+
+/// Multi-homing: a daemon given two relays (sharing rooms through NATS)
+/// stays on the first; when it dies, the daemon fails over to the second
+/// and a writer on that one still reaches it.
+#[test]
+fn a_daemon_fails_over_to_another_relay_without_losing_sync() {
+    let nats = Nats::start();
+    let config = || mycel_relay::Config {
+        backplane: Some(nats.url()),
+        ..mycel_relay::Config::default()
+    };
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (r1, stop1, thread1) = start_stoppable_relay_with(any, config());
+    let (r2, _stop2, _thread2) = start_stoppable_relay_with(any, config());
+    let (w, d) = (data_dir("failover-writer"), data_dir("failover-daemon"));
+    ok(&w, &["init"]);
+    ok(&d, &["init"]);
+    let link = ok(&w, &["new"]);
+    ok(&w, &["set", &link, "before", "1"]);
+    ok(&d, &["get", &link]);
+    let relays = format!("{},{}", ws(r1), ws(r2));
+    let daemon = spawn(&d, &["serve", "--relay", &relays]);
+    // Written through relay 2, received by the daemon on relay 1.
+    let err = finish(
+        spawn(&w, &["sync", &link, "--relay", &ws(r2), "--timeout", "30"]),
+        "sync through relay 2",
+    );
+    assert!(err.contains("synced with 1 peer"), "{err}");
+    // Relay 1 goes away; the daemon moves to relay 2.
+    let _ = stop1.send(());
+    thread1.join().unwrap();
+    ok(&w, &["set", &link, "after", "2"]);
+    let err = finish(
+        spawn(&w, &["sync", &link, "--relay", &ws(r2), "--timeout", "30"]),
+        "sync through relay 2",
+    );
+    assert!(err.contains("synced with 1 peer"), "{err}");
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "serve: {log}");
+    assert!(log.contains("failing over"), "{log}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&d, &["get", &link])).unwrap();
+    assert_eq!(
+        (v["before"].as_i64(), v["after"].as_i64()),
+        (Some(1), Some(2))
+    );
 }

@@ -73,6 +73,18 @@ pub fn start_stoppable_relay(
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<()>,
 ) {
+    start_stoppable_relay_with(at, mycel_relay::Config::default())
+}
+
+/// [`start_stoppable_relay`] with a configuration of one's own.
+pub fn start_stoppable_relay_with(
+    at: SocketAddr,
+    config: mycel_relay::Config,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -80,7 +92,7 @@ pub fn start_stoppable_relay(
         rt.block_on(async move {
             let listener = mycel_relay::bind(at).unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            let _ = mycel_relay::serve(mycel_relay::Config::default(), listener, async {
+            let _ = mycel_relay::serve(config, listener, async {
                 let _ = stopped.await;
             })
             .await;
@@ -91,4 +103,49 @@ pub fn start_stoppable_relay(
 
 pub fn ws(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
+}
+
+/// A Debian `nats-server` on 127.0.0.1 (for relays sharing rooms), killed
+/// when dropped. `cargo xtask test` installs it.
+pub struct Nats {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start nats-server ({e}): `cargo xtask test` installs it")
+            });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Nats { port, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
