@@ -124,10 +124,16 @@ pub fn run(ctx: &Ctx) -> Result {
     }
     let mut tally = Tally::default();
     let result = with_summary("cargo xtask test", |s| {
-        s.step("ensure tools (rustfmt, clippy, wasm32 target)", || {
-            ensure_fmt_and_clippy(ctx)?;
-            ensure_rust_target(ctx, "wasm32-unknown-unknown")
-        })?;
+        s.step(
+            "ensure tools (rustfmt, clippy, wasm32 target, nats-server)",
+            || {
+                ensure_fmt_and_clippy(ctx)?;
+                ensure_rust_target(ctx, "wasm32-unknown-unknown")?;
+                // The relay's and node's backplane tests start Debian's
+                // nats-server on 127.0.0.1.
+                ensure_apt(ctx, &["nats-server"])
+            },
+        )?;
         s.step("format (cargo fmt --check)", || {
             ctx.cargo().args(["fmt", "--all", "--check"]).run()?;
             // The fuzz crate is a workspace of its own: check its targets too.
