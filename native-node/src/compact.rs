@@ -26,16 +26,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
 use automerge::{Automerge, Change};
-use hkdf::Hkdf;
 use mycel_core::crypto::{CryptoError, DocKey, DocKeys, Identity, MAX_PLAINTEXT, Rng};
-use mycel_core::id::{DocId, PeerId, RoomId};
+use mycel_core::id::{DocId, PeerId};
 use mycel_core::wire::{
     Envelope, EnvelopeHeader, EnvelopeKind, VersionVector, WIRE_VERSION, WireError,
 };
-use sha2::Sha256;
 
 /// What went wrong with a snapshot.
 #[derive(Debug)]
@@ -230,43 +226,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Rebuilds envelopes from residues: the same key derivation and AEAD as
-/// `mycel_core::crypto::DocKeys::seal`, with the stored nonce. Any
-/// difference from the core shows up as a mismatch when a snapshot is made,
-/// and the envelope is then kept whole.
+/// Rebuilds envelopes from residues with the core's
+/// [`DocKeys::rebuild`] (the stored nonce, header fields and trailer).
+/// Only epoch 0 is stored with a document; later epochs stay whole.
 struct Resealer {
-    key: DocKey,
-    room: RoomId,
-    ciphers: BTreeMap<(PeerId, u32), Aes256Gcm>,
+    keys: DocKeys,
 }
 
 impl Resealer {
     fn new(doc: DocId, key: &DocKey) -> Self {
         Resealer {
-            room: mycel_core::crypto::room_id(key, &doc),
-            key: key.clone(),
-            ciphers: BTreeMap::new(),
+            keys: DocKeys::new(doc, key.clone()),
         }
-    }
-
-    fn cipher(&mut self, author: PeerId, epoch: u32) -> Option<&Aes256Gcm> {
-        // Only epoch 0 is stored with a document; later epochs stay whole.
-        if epoch != 0 {
-            return None;
-        }
-        if !self.ciphers.contains_key(&(author, epoch)) {
-            let mut info = [0u8; 21 + 4 + 32];
-            info[..21].copy_from_slice(b"mycel envelope key v1");
-            info[21..25].copy_from_slice(&epoch.to_be_bytes());
-            info[25..].copy_from_slice(author.as_bytes());
-            let mut subkey = [0u8; 32];
-            Hkdf::<Sha256>::new(None, self.key.as_bytes())
-                .expand(&info, &mut subkey)
-                .ok()?;
-            let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(subkey));
-            self.ciphers.insert((author, epoch), cipher);
-        }
-        self.ciphers.get(&(author, epoch))
     }
 
     fn reseal(
@@ -278,36 +249,21 @@ impl Resealer {
         (head, tail): (u8, &[u8]),
         change: &[u8],
     ) -> Option<Vec<u8>> {
+        if epoch != 0 {
+            return None;
+        }
         let header = EnvelopeHeader {
             version: WIRE_VERSION,
             kind: EnvelopeKind::Change,
-            room: self.room,
+            room: self.keys.room(),
             author,
             seq,
             epoch,
             nonce,
-        }
-        .to_bytes();
-        let body = self
-            .cipher(author, epoch)?
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: change,
-                    aad: &header,
-                },
-            )
-            .ok()?;
-        // An array of byte strings in their shortest form, as the core
-        // encodes it: head, header, body, then the stored tail.
-        let mut out = Vec::with_capacity(header.len() + body.len() + tail.len() + 8);
-        out.push(head);
-        for part in [header.as_slice(), body.as_slice()] {
-            cbor_bytes_header(&mut out, part.len());
-            out.extend_from_slice(part);
-        }
-        out.extend_from_slice(tail);
-        Some(out)
+        };
+        let env = self.keys.rebuild(&header, change, tail).ok()?;
+        // The stored array head must be the one the trailer implies.
+        (env.bytes().first() == Some(&head)).then(|| env.bytes().to_vec())
     }
 }
 
@@ -319,21 +275,6 @@ fn head_and_tail(env: &Envelope) -> Option<(u8, &[u8])> {
         .checked_sub(bytes.as_ptr() as usize)?
         .checked_add(env.body().len())?;
     Some((*bytes.first()?, bytes.get(body_end..)?))
-}
-
-fn cbor_bytes_header(out: &mut Vec<u8>, len: usize) {
-    match len {
-        0..=23 => out.push(0x40 | len as u8),
-        24..=0xff => out.extend_from_slice(&[0x58, len as u8]),
-        0x100..=0xffff => {
-            out.push(0x59);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0x5a);
-            out.extend_from_slice(&(len as u32).to_be_bytes());
-        }
-    }
 }
 
 /// Change bytes of a loaded Automerge document, by hash and by (actor, seq).
