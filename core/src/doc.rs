@@ -502,6 +502,51 @@ mod tests {
         assert!(changed);
     }
 
+    /// A peer that opens the document after our first `Have` reached it
+    /// (and was dropped, the document unknown there) learns our vector
+    /// from our answer to its own first `Have`, not 15 s later.
+    #[test]
+    fn a_late_opener_learns_the_peers_vector_at_once() {
+        use crate::crypto::DocKey;
+        use crate::node::{LinkId, LinkKind};
+        let now = Timestamp(0);
+        let doc = DocId([3; 16]);
+        let key = DocKey::from_bytes([4; 32]);
+        let mut a = Replica::new(
+            Identity::from_secret([1; 32]),
+            NodeConfig::default(),
+            [2; 32],
+        );
+        let mut b = Replica::new(
+            Identity::from_secret([3; 32]),
+            NodeConfig::default(),
+            [4; 32],
+        );
+        let up = Input::LinkUp {
+            link: LinkId(1),
+            kind: LinkKind::Direct,
+        };
+        a.handle(now, up.clone()).unwrap();
+        b.handle(now, up).unwrap();
+        b.open(now, doc, DocAccess::Full(key.clone()), []).unwrap();
+        let pump = |from: &mut Replica, to: &mut Replica| {
+            let mut moved = false;
+            while let Some(out) = from.poll() {
+                if let Output::Send { link, bytes } = out {
+                    moved = true;
+                    // Frames for a document not open there are refused.
+                    let _ = to.handle(now, Input::Received { link, bytes });
+                }
+            }
+            moved
+        };
+        while pump(&mut b, &mut a) | pump(&mut a, &mut b) {}
+        a.open(now, doc, DocAccess::Full(key), []).unwrap();
+        while pump(&mut a, &mut b) | pump(&mut b, &mut a) {}
+        let seen: Vec<PeerId> = a.node().sync_status(doc).iter().map(|p| p.peer).collect();
+        assert_eq!(seen, vec![b.node().peer_id()]);
+    }
+
     #[test]
     fn garbage_change_is_an_error() {
         let mut a = Document::new(PeerId([1; 32]));

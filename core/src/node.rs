@@ -805,6 +805,13 @@ impl Node {
             self.report_stored(doc);
         }
         self.pump(doc, route);
+        if first {
+            // Our own first `Have` may have been dropped (the peer opened
+            // the document after it arrived): answer once, so the peer
+            // learns our vector now rather than at the next anti-entropy
+            // round. Only the first: two peers never bounce `Have`s.
+            self.send_have(doc, route);
+        }
         Ok(())
     }
 
