@@ -25,6 +25,8 @@ pub fn dist(ctx: &Ctx) -> Result {
 pub fn run(ctx: &Ctx) -> Result {
     let mut s = Steps::new();
     s.step("release build of mycel-relay", || build_relay(ctx))?;
+    // The app runs on the npm package: without wasm/pkg it would not start.
+    s.step("npm package (wasm/pkg)", || npm_package(ctx))?;
     s.step("web app (www/dist)", || www(ctx))?;
     let relay = target_dir(ctx)
         .join("release")

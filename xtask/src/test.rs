@@ -34,7 +34,8 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// playwright-core (IndexedDB round trip and reload, two pages syncing
 /// through a real relay, offline edits converging, a wrong key, two tabs,
 /// the engine in a Worker, the TypeScript declarations), after the Rust
-/// side's wasm-bindgen-test run in the same browser.
+/// side's wasm-bindgen-test run in the same browser; then the web app
+/// (www/dist, served by the relay) end to end (app.mjs).
 fn browser_tests(ctx: &Ctx) -> Result {
     let dir = ctx.root.join("wasm/tests/browser");
     timed("Chromium", || {
@@ -102,6 +103,17 @@ fn browser_tests(ctx: &Ctx) -> Result {
             .cwd(&dir)
             .arg("run.mjs")
             .env("MYCEL_RELAY_BIN", &relay)
+            .env("CHROMIUM", CHROMIUM)
+            .run()
+    })?;
+    // The web app as `cargo xtask dist` writes it, served by the relay.
+    timed("web app (www/dist)", || crate::dist::www(ctx))?;
+    timed("web app tests (www/dist served by the relay)", || {
+        ctx.cmd("node")
+            .cwd(&dir)
+            .arg("app.mjs")
+            .env("MYCEL_RELAY_BIN", &relay)
+            .env("MYCEL_WWW_DIST", ctx.root.join("www/dist"))
             .env("CHROMIUM", CHROMIUM)
             .run()
     })

@@ -1,0 +1,217 @@
+// End-to-end tests of the web app (www/, as `cargo xtask dist` writes it to
+// www/dist/) served by a real mycel-relay (`--www`), in headless Chromium
+// through playwright-core (/usr/bin/chromium; never a browser download).
+//
+//   MYCEL_RELAY_BIN=path/to/mycel-relay MYCEL_WWW_DIST=www/dist node app.mjs
+//
+// Each test uses fresh browser contexts (own IndexedDB, own service worker).
+// Every wait is bounded; any failure exits non-zero.
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const dist = path.resolve(process.env.MYCEL_WWW_DIST ?? path.join(here, "../../../www/dist"));
+const relayBin = process.env.MYCEL_RELAY_BIN;
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const WAIT = 20_000; // the longest any single wait may take
+
+const watchdog = setTimeout(() => {
+  console.error("app tests: still running after 240 s; giving up");
+  process.exit(1);
+}, 240_000);
+watchdog.unref();
+
+for (const [what, p] of [["the web app (cargo xtask dist's www/dist)", path.join(dist, "index.html")], ["its npm package (www/dist/pkg)", path.join(dist, "pkg/index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
+  if (!p || !existsSync(p)) {
+    console.error(`app tests: ${what} not found at ${p || "(unset)"}`);
+    process.exit(1);
+  }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port, ms) {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    const ok = await new Promise((resolve) => {
+      const c = net.connect(port, "127.0.0.1", () => { c.end(); resolve(true); });
+      c.on("error", () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the relay did not listen on 127.0.0.1:${port} within ${ms} ms`);
+}
+
+/** A real mycel-relay serving the app (`--www`) and /ws on one port. */
+class Relay {
+  constructor(port) { this.port = port; this.proc = null; }
+  get base() { return `http://127.0.0.1:${this.port}/`; }
+  async start() {
+    this.proc = spawn(relayBin, ["--listen", `127.0.0.1:${this.port}`, "--www", dist], { stdio: ["ignore", "ignore", "pipe"] });
+    this.log = "";
+    this.proc.stderr.on("data", (d) => { this.log += d; });
+    await waitForPort(this.port, 10_000);
+  }
+  async stop() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    const exited = new Promise((r) => this.proc.once("exit", r));
+    this.proc.kill("SIGKILL");
+    await exited;
+  }
+}
+
+let browser, relay;
+const contexts = [];
+
+before(async () => {
+  relay = new Relay(await freePort());
+  await relay.start();
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    timeout: WAIT,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await browser?.close().catch(() => {});
+  await relay?.stop();
+});
+
+/** A fresh browser profile on the app at `url`; console errors are collected in `p.errors`. */
+async function open(url = relay.base) {
+  const context = await browser.newContext();
+  contexts.push(context);
+  const p = await context.newPage();
+  p.setDefaultTimeout(WAIT);
+  p.errors = [];
+  p.on("pageerror", (e) => { p.errors.push(`page error: ${e.message}`); console.error(`page error: ${e.message}`); });
+  p.on("console", (m) => {
+    if (m.type() === "error") { p.errors.push(`console.error: ${m.text()}`); console.error(`console.error: ${m.text()}`); }
+  });
+  await p.goto(url);
+  await ready(p);
+  return p;
+}
+
+const ready = (p) => p.waitForSelector("html[data-ready=true]", { state: "attached", timeout: WAIT });
+const items = (p) => p.$$eval('[data-testid="item"]', (els) => els.map((e) => e.textContent));
+const status = (p) => p.textContent('[data-testid="sync-status"]');
+
+async function until(what, fn) {
+  const end = Date.now() + WAIT;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out after ${WAIT} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+async function newDoc(p) {
+  await p.click('[data-testid="new-doc"]');
+  await p.waitForURL(/#d=[A-Za-z0-9_-]+&k=[A-Za-z0-9_-]+$/, { timeout: WAIT });
+  await p.waitForSelector('[data-testid="item-input"]', { state: "visible", timeout: WAIT });
+  return p.url();
+}
+
+async function addItem(p, text) {
+  await p.fill('[data-testid="item-input"]', text);
+  await p.click('[data-testid="add-item"]');
+}
+
+test("new document, items added in one page appear in another opened at the share link; sync-status shows synced", async () => {
+  const a = await open();
+  await until("page A synced with the relay", async () => (await status(a)) === "synced");
+  const link = await newDoc(a);
+  assert.ok(link.startsWith(relay.base), link);
+  assert.equal(new URL(link).search, "", "the key is only in the fragment");
+  assert.equal(await a.inputValue('[data-testid="share-link"]'), link, "the share link is shown");
+  await a.fill('[data-testid="title"]', "groceries");
+  await addItem(a, "milk");
+  // Adding with the keyboard: Enter in the input.
+  await a.fill('[data-testid="item-input"]', "eggs");
+  await a.press('[data-testid="item-input"]', "Enter");
+  assert.deepEqual(await items(a), ["milk", "eggs"]);
+  await until("A's durability to say saved/sent", async () => /saved on this device|sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
+
+  const b = await open(link);
+  const t0 = Date.now();
+  await until("B to show A's items", async () => JSON.stringify(await items(b)) === JSON.stringify(["milk", "eggs"]));
+  console.error(`app: B showed A's items ${Date.now() - t0} ms after opening the link`);
+  assert.equal(await b.inputValue('[data-testid="title"]'), "groceries");
+  await until("B synced", async () => (await status(b)) === "synced");
+
+  // Edits both ways: B adds and checks, A sees them; A removes, B sees it.
+  await addItem(b, "bread");
+  await b.check('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]');
+  await until("A to show B's item", async () => JSON.stringify(await items(a)) === JSON.stringify(["milk", "eggs", "bread"]));
+  await until("A to show milk checked", () => a.isChecked('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]'));
+  await a.click('li:has([data-testid="item"]:text-is("eggs")) button');
+  await until("B to see eggs removed", async () => JSON.stringify(await items(b)) === JSON.stringify(["milk", "bread"]));
+
+  // The document is listed on this device.
+  await a.goto(relay.base);
+  await ready(a);
+  await until("A's document list", async () => (await a.textContent('[data-testid="doc-list"]')).includes("groceries"));
+  assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
+});
+
+test("a damaged link or a wrong key shows data-testid=error and no items", async () => {
+  const a = await open();
+  const link = await newDoc(a);
+  await addItem(a, "secret item");
+  await until("the item", async () => (await items(a)).length === 1);
+
+  // Damaged: part of the key cut off.
+  const damaged = link.slice(0, -5);
+  const b = await open(damaged);
+  await b.waitForSelector('[data-testid="error"]', { state: "visible", timeout: WAIT });
+  const message = await b.textContent('[data-testid="error"]');
+  assert.match(message, /damaged|wrong/i, message);
+  assert.deepEqual(await items(b), []);
+  assert.equal(await b.isVisible('[data-testid="item-input"]'), false, "no document content");
+
+  // A wrong key (valid, another document's key) where the document is held.
+  const wrong = link.replace(/k=[A-Za-z0-9_-]+$/, "k=" + Buffer.alloc(32, 7).toString("base64url"));
+  await a.goto(wrong);
+  await a.waitForSelector('[data-testid="error"]', { state: "visible", timeout: WAIT });
+  assert.match(await a.textContent('[data-testid="error"]'), /wrong/i);
+  assert.deepEqual(await items(a), []);
+});
+
+test("after the first visit the app reloads with the network off (service worker), with its data", async () => {
+  const a = await open();
+  await a.evaluate(() => navigator.serviceWorker.ready.then(() => true));
+  await until("the service worker to control the page", () => a.evaluate(() => !!navigator.serviceWorker.controller));
+  const link = await newDoc(a);
+  await addItem(a, "offline-proof");
+  await until("saved on this device", async () => /saved on this device|sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
+  await a.context().setOffline(true);
+  await a.reload();
+  await ready(a);
+  await until("the item after an offline reload", async () => JSON.stringify(await items(a)) === JSON.stringify(["offline-proof"]));
+  assert.equal(a.url(), link);
+  await addItem(a, "added offline");
+  await until("the offline item", async () => (await items(a)).length === 2);
+  await a.context().setOffline(false);
+});

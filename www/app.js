@@ -1,0 +1,295 @@
+// mycel notes: a collaborative notes-and-checklist app on the npm package
+// `mycel` (served beside it in pkg/). Plain ES module, no framework.
+import { Repo, text, splice, LinkError, KeyMismatchError } from "./pkg/index.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: document.querySelector('[data-testid="sync-status"]'),
+  error: $("error") ?? document.querySelector('[data-testid="error"]'),
+  home: $("home"), editor: $("editor"), newDoc: $("new-doc"), docList: $("doc-list"), noDocs: $("no-docs"),
+  share: $("share-link"), copy: $("copy-link"), durability: $("durability") ?? document.querySelector('[data-testid="durability"]'),
+  title: $("title"), body: $("body"), addForm: $("add-form"), itemInput: $("item-input"), items: $("items"),
+};
+
+const relayUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+const base = location.origin + location.pathname;
+let repo = null;
+let current = null; // { doc, unsubscribe: [] }
+let lastOnline = Date.now();
+let openSeq = 0;
+
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("sw.js").catch((e) => console.warn(`service worker not registered: ${e.message}`));
+}
+
+function showError(message) {
+  closeCurrent();
+  ui.editor.hidden = true;
+  ui.home.hidden = true;
+  ui.items.replaceChildren();
+  ui.title.value = "";
+  ui.body.value = "";
+  ui.error.textContent = message;
+  ui.error.hidden = false;
+}
+
+function clearError() {
+  ui.error.hidden = true;
+  ui.error.textContent = "";
+}
+
+function closeCurrent() {
+  if (!current) return;
+  for (const off of current.unsubscribe) off();
+  current = null;
+}
+
+// ---- sync indicator ----------------------------------------------------
+
+function updateStatus() {
+  let state;
+  const online = repo?.status.online ?? false;
+  if (online) {
+    lastOnline = Date.now();
+    const st = current && repo.status.docs[current.doc.id];
+    state = !st || st.synced || st.peers === 0 ? "synced" : "syncing";
+  } else if (!navigator.onLine || Date.now() - lastOnline > 8000) {
+    state = "offline";
+  } else {
+    state = "connecting";
+  }
+  if (ui.status.dataset.state !== state) {
+    ui.status.dataset.state = state;
+    ui.status.textContent = state;
+  }
+}
+setInterval(updateStatus, 500);
+addEventListener("online", updateStatus);
+addEventListener("offline", updateStatus);
+
+// ---- documents on this device -----------------------------------------
+
+function renderHome() {
+  closeCurrent();
+  clearError();
+  ui.editor.hidden = true;
+  ui.home.hidden = false;
+  const docs = repo.documents();
+  ui.docList.replaceChildren(...docs.map((doc) => {
+    const li = document.createElement("li");
+    const a = document.createElement("a");
+    a.href = doc.shareLink(base);
+    const v = doc.value();
+    a.textContent = (typeof v.title === "string" && v.title.trim()) || "Untitled";
+    const n = Array.isArray(v.items) ? v.items.length : 0;
+    li.append(a, document.createTextNode(n ? ` · ${n} item${n === 1 ? "" : "s"}` : ""));
+    return li;
+  }));
+  ui.noDocs.hidden = docs.length > 0;
+  updateStatus();
+}
+
+// ---- one document ------------------------------------------------------
+
+async function openDoc(link) {
+  const seq = ++openSeq;
+  closeCurrent();
+  let doc;
+  try {
+    doc = await repo.find(link);
+  } catch (e) {
+    if (seq !== openSeq) return;
+    if (e instanceof KeyMismatchError) showError("This link's key is wrong: it does not open this document. Ask for the link again.");
+    else if (e instanceof LinkError) showError(`This link is damaged and opens nothing (${e.message}). Ask for the link again.`);
+    else showError(`This document cannot be opened: ${e.message}`);
+    return;
+  }
+  if (seq !== openSeq) return;
+  clearError();
+  ui.home.hidden = true;
+  ui.editor.hidden = false;
+  ui.share.value = doc.shareLink(base);
+  const durability = { pending: false, saved: 0, sent: 0, stored: 0, copies: 0 };
+  current = { doc, durability, unsubscribe: [] };
+  const on = (kind, cb) => current.unsubscribe.push(doc.on(kind, cb));
+  on("saved-locally", (e) => { durability.saved = Math.max(durability.saved, e.upto); durability.pending = false; renderDurability(); });
+  on("sent", (e) => { durability.sent = Math.max(durability.sent, e.upto); renderDurability(); });
+  on("stored-remotely", (e) => {
+    if (e.upto >= durability.stored) { durability.stored = e.upto; durability.copies = e.copies; }
+    renderDurability();
+  });
+  current.unsubscribe.push(doc.subscribe((e) => { if (!e.local) render(e.value); }));
+  render(doc.value());
+  renderDurability();
+  updateStatus();
+  if (!Object.keys(doc.value()).length) {
+    // Not on this device yet: wait for a peer holding it. A wrong key meets nobody.
+    doc.synced({ timeout: 15000 }).catch(() => {
+      if (current?.doc === doc && !Object.keys(doc.value()).length) {
+        showError("No one holding this document answered. The link may be wrong or damaged, or nobody who has it is online.");
+      }
+    });
+  }
+}
+
+function renderDurability() {
+  if (!current) return;
+  const d = current.durability;
+  let msg = "";
+  if (d.pending) msg = "Saving…";
+  else if (d.saved === 0) msg = "";
+  else if (d.copies > 0 && d.stored >= d.saved) msg = `Last change: stored by ${d.copies} pin${d.copies === 1 ? "" : "s"}`;
+  else if (d.sent >= d.saved) msg = "Last change: sent";
+  else msg = "Last change: saved on this device";
+  ui.durability.textContent = msg;
+}
+
+function change(fn) {
+  if (!current) return;
+  current.durability.pending = true;
+  try {
+    current.doc.change(fn);
+  } catch (e) {
+    current.durability.pending = false;
+    console.warn(`change refused: ${e.message}`);
+  }
+  renderDurability();
+}
+
+function render(v) {
+  if (document.activeElement !== ui.title) ui.title.value = typeof v.title === "string" ? v.title : "";
+  const body = typeof v.body === "string" ? v.body : "";
+  if (ui.body.value !== body) {
+    const { selectionStart, selectionEnd } = ui.body;
+    const focused = document.activeElement === ui.body;
+    ui.body.value = body;
+    if (focused) ui.body.setSelectionRange(Math.min(selectionStart, body.length), Math.min(selectionEnd, body.length));
+  }
+  renderItems(Array.isArray(v.items) ? v.items : []);
+}
+
+function renderItems(items) {
+  const focusedId = document.activeElement?.closest?.("li")?.dataset.id;
+  const focusedRole = document.activeElement?.dataset?.role;
+  ui.items.replaceChildren(...items.map((item, i) => {
+    const li = document.createElement("li");
+    li.dataset.id = item.id;
+    li.classList.toggle("done", !!item.done);
+    const label = typeof item.text === "string" ? item.text : "";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.checked = !!item.done;
+    box.dataset.role = "check";
+    box.setAttribute("aria-label", `Done: ${label}`);
+    box.addEventListener("change", () => change((d) => { const it = find(d, item.id); if (it) it.done = box.checked; }));
+    const input = document.createElement("input");
+    input.className = "text";
+    input.value = label;
+    input.dataset.role = "text";
+    input.setAttribute("aria-label", `Item ${i + 1}`);
+    input.addEventListener("change", () => {
+      const t = input.value.trim();
+      change((d) => { const it = find(d, item.id); if (it) it.text = t; });
+    });
+    input.addEventListener("keydown", (e) => { if (e.key === "Enter") input.blur(); });
+    // The item's text as plain text (the stable test hook); the input beside it is what people read and edit.
+    const hidden = document.createElement("span");
+    hidden.className = "sr-only";
+    hidden.dataset.testid = "item";
+    hidden.setAttribute("aria-hidden", "true");
+    hidden.textContent = label;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "Remove";
+    remove.dataset.role = "remove";
+    remove.setAttribute("aria-label", `Remove ${label}`);
+    remove.addEventListener("click", () => change((d) => {
+      const at = d.items.findIndex((it) => it.id === item.id);
+      if (at >= 0) d.items.splice(at, 1);
+    }));
+    li.append(box, input, hidden, remove);
+    return li;
+  }));
+  if (focusedId && focusedRole) {
+    ui.items.querySelector(`li[data-id="${CSS.escape(focusedId)}"] [data-role="${focusedRole}"]`)?.focus();
+  }
+}
+
+const find = (d, id) => (Array.isArray(d.items) ? d.items.find((it) => it.id === id) : undefined);
+const newId = () => Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, "0")).join("");
+
+ui.title.addEventListener("input", () => change((d) => { d.title = ui.title.value; }));
+ui.body.addEventListener("input", () => {
+  const next = ui.body.value;
+  change((d) => {
+    if (typeof d.body !== "string") { d.body = text(next); return; }
+    const prev = d.body;
+    // The smallest splice from the old text to the new one, so concurrent
+    // edits elsewhere in the text merge (indices count code points).
+    const a = Array.from(prev), b = Array.from(next);
+    let start = 0;
+    while (start < a.length && start < b.length && a[start] === b[start]) start++;
+    let endA = a.length, endB = b.length;
+    while (endA > start && endB > start && a[endA - 1] === b[endB - 1]) { endA--; endB--; }
+    splice(d, "body", start, endA - start, b.slice(start, endB).join(""));
+  });
+});
+ui.addForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const t = ui.itemInput.value.trim();
+  if (!t || !current) return;
+  change((d) => {
+    if (!Array.isArray(d.items)) d.items = [];
+    d.items.push({ id: newId(), text: t, done: false });
+  });
+  ui.itemInput.value = "";
+  ui.itemInput.focus();
+  render(current.doc.value());
+});
+// Local changes of items re-render at once (remote ones through subscribe).
+ui.items.addEventListener("change", () => queueMicrotask(() => current && renderItems(current.doc.value().items ?? [])));
+ui.items.addEventListener("click", (e) => {
+  if (e.target.dataset.role === "remove") queueMicrotask(() => current && renderItems(current.doc.value().items ?? []));
+});
+ui.copy.addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(ui.share.value);
+    ui.copy.textContent = "Copied";
+  } catch {
+    ui.share.select();
+    ui.copy.textContent = "Select and copy";
+  }
+  setTimeout(() => { ui.copy.textContent = "Copy link"; }, 1500);
+});
+ui.newDoc.addEventListener("click", async () => {
+  ui.newDoc.disabled = true;
+  try {
+    const doc = await repo.create();
+    doc.change((d) => { d.title = ""; d.body = text(""); d.items = []; });
+    location.hash = new URL(doc.shareLink(base)).hash;
+  } catch (e) {
+    showError(`Could not create a document: ${e.message}`);
+  } finally {
+    ui.newDoc.disabled = false;
+  }
+});
+
+function route() {
+  if (location.hash.length > 1) openDoc(location.href);
+  else renderHome();
+}
+
+async function main() {
+  try {
+    repo = await Repo.open({ relay: relayUrl, base });
+  } catch (e) {
+    showError(`This browser cannot run mycel notes: ${e.message}`);
+    return;
+  }
+  repo.on("status", updateStatus);
+  repo.on("error", (e) => console.warn(`mycel: ${e.name}: ${e.message}`));
+  addEventListener("hashchange", route);
+  route();
+  document.documentElement.dataset.ready = "true";
+}
+main();
