@@ -9,7 +9,7 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -20,6 +20,10 @@ const dist = path.resolve(process.env.MYCEL_WWW_DIST ?? path.join(here, "../../.
 const relayBin = process.env.MYCEL_RELAY_BIN;
 const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const WAIT = 20_000; // the longest any single wait may take
+// Screenshots of each step, for a person to look at (gitignored).
+const shots = path.resolve(process.env.MYCEL_SCREENSHOTS ?? path.join(here, "screenshots"));
+mkdirSync(shots, { recursive: true });
+const shot = (p, name) => p.screenshot({ path: path.join(shots, `${name}.png`), timeout: WAIT });
 
 const watchdog = setTimeout(() => {
   console.error("app tests: still running after 240 s; giving up");
@@ -160,6 +164,8 @@ test("new document, items added in one page appear in another opened at the shar
   console.error(`app: B showed A's items ${Date.now() - t0} ms after opening the link`);
   assert.equal(await b.inputValue('[data-testid="title"]'), "groceries");
   await until("B synced", async () => (await status(b)) === "synced");
+  await shot(a, "1-a-new-document-with-items");
+  await shot(b, "2-b-opened-the-share-link");
 
   // Edits both ways: B adds and checks, A sees them; A removes, B sees it.
   await addItem(b, "bread");
@@ -173,6 +179,7 @@ test("new document, items added in one page appear in another opened at the shar
   await a.goto(relay.base);
   await ready(a);
   await until("A's document list", async () => (await a.textContent('[data-testid="doc-list"]')).includes("groceries"));
+  await shot(a, "3-a-documents-on-this-device");
   assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
 });
 
@@ -189,6 +196,7 @@ test("a damaged link or a wrong key shows data-testid=error and no items", async
   const message = await b.textContent('[data-testid="error"]');
   assert.match(message, /damaged|wrong/i, message);
   assert.deepEqual(await items(b), []);
+  await shot(b, "4-damaged-link-error");
   assert.equal(await b.isVisible('[data-testid="item-input"]'), false, "no document content");
 
   // A wrong key (valid, another document's key) where the document is held.
@@ -213,5 +221,26 @@ test("after the first visit the app reloads with the network off (service worker
   assert.equal(a.url(), link);
   await addItem(a, "added offline");
   await until("the offline item", async () => (await items(a)).length === 2);
+  assert.equal(await status(a), "offline");
+  await shot(a, "5-offline-reload");
   await a.context().setOffline(false);
+  await until("synced again once the network is back", async () => (await status(a)) === "synced");
+});
+
+test("the relay killed and restarted: both pages converge", async () => {
+  const a = await open();
+  const link = await newDoc(a);
+  await addItem(a, "before");
+  const b = await open(link);
+  await until("B to show A's item", async () => JSON.stringify(await items(b)) === JSON.stringify(["before"]));
+  await relay.stop();
+  await addItem(a, "from A while the relay is down");
+  await addItem(b, "from B while the relay is down");
+  await relay.start();
+  for (const p of [a, b]) {
+    await until("both pages to hold all three items", async () => (await items(p)).length === 3);
+  }
+  assert.deepEqual(await items(a), await items(b), "identical content");
+  await until("A synced after the restart", async () => (await status(a)) === "synced");
+  await shot(b, "6-converged-after-relay-restart");
 });
