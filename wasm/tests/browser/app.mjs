@@ -8,12 +8,11 @@
 // Every wait is bounded; any failure exits non-zero.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdirSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { Relay, freePort } from "./relay.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = path.resolve(process.env.MYCEL_WWW_DIST ?? path.join(here, "../../../www/dist"));
@@ -38,53 +37,14 @@ for (const [what, p] of [["the web app (cargo xtask dist's www/dist)", path.join
   }
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-async function waitForPort(port, ms) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    const ok = await new Promise((resolve) => {
-      const c = net.connect(port, "127.0.0.1", () => { c.end(); resolve(true); });
-      c.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`the relay did not listen on 127.0.0.1:${port} within ${ms} ms`);
-}
 
-/** A real mycel-relay serving the app (`--www`) and /ws on one port. */
-class Relay {
-  constructor(port) { this.port = port; this.proc = null; }
-  get base() { return `http://127.0.0.1:${this.port}/`; }
-  async start() {
-    this.proc = spawn(relayBin, ["--listen", `127.0.0.1:${this.port}`, "--www", dist], { stdio: ["ignore", "ignore", "pipe"] });
-    this.log = "";
-    this.proc.stderr.on("data", (d) => { this.log += d; });
-    await waitForPort(this.port, 10_000);
-  }
-  async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc.once("exit", r));
-    this.proc.kill("SIGKILL");
-    await exited;
-  }
-}
 
 let browser, relay;
 const contexts = [];
 
 before(async () => {
-  relay = new Relay(await freePort());
+  relay = new Relay(relayBin, await freePort(), ["--www", dist]);
   await relay.start();
   browser = await chromium.launch({
     executablePath: chromiumPath,

@@ -9,14 +9,14 @@
 // any failure exits non-zero.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
-import net from "node:net";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { Relay, freePort } from "./relay.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
@@ -65,46 +65,8 @@ function serve() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-async function waitForPort(port, ms) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    const ok = await new Promise((resolve) => {
-      const c = net.connect(port, "127.0.0.1", () => { c.end(); resolve(true); });
-      c.on("error", () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`the relay did not listen on 127.0.0.1:${port} within ${ms} ms`);
-}
 
-class Relay {
-  constructor(port) { this.port = port; this.proc = null; }
-  get url() { return `ws://127.0.0.1:${this.port}/ws`; }
-  async start() {
-    this.proc = spawn(relayBin, ["--listen", `127.0.0.1:${this.port}`], { stdio: ["ignore", "ignore", "pipe"] });
-    this.log = "";
-    this.proc.stderr.on("data", (d) => { this.log += d; });
-    await waitForPort(this.port, 10_000);
-  }
-  async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc.once("exit", r));
-    this.proc.kill("SIGKILL");
-    await exited;
-  }
-}
 
 let browser, server, base, relay;
 const contexts = [];
@@ -112,7 +74,7 @@ const contexts = [];
 before(async () => {
   server = await serve();
   base = `http://127.0.0.1:${server.address().port}/`;
-  relay = new Relay(await freePort());
+  relay = new Relay(relayBin, await freePort(), []);
   await relay.start();
   browser = await chromium.launch({
     executablePath: chromiumPath,
