@@ -347,6 +347,15 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replica with the identity of secret `[secret; 32]` and seed `[seed; 32]`.
+    fn replica(secret: u8, seed: u8) -> Replica {
+        Replica::new(
+            Identity::from_secret([secret; 32]),
+            NodeConfig::default(),
+            [seed; 32],
+        )
+    }
     use alloc::vec;
     use automerge::ROOT;
     use automerge::transaction::Transactable;
@@ -372,16 +381,8 @@ mod tests {
         let now = Timestamp(0);
         let doc = DocId([7; 16]);
         let key = DocKey::from_bytes([8; 32]);
-        let mut a = Replica::new(
-            Identity::from_secret([1; 32]),
-            NodeConfig::default(),
-            [2; 32],
-        );
-        let mut b = Replica::new(
-            Identity::from_secret([3; 32]),
-            NodeConfig::default(),
-            [4; 32],
-        );
+        let mut a = replica(1, 2);
+        let mut b = replica(3, 4);
         for r in [&mut a, &mut b] {
             r.open(now, doc, DocAccess::Full(key.clone()), []).unwrap();
             r.handle(
@@ -512,16 +513,8 @@ mod tests {
         let now = Timestamp(0);
         let doc = DocId([3; 16]);
         let key = DocKey::from_bytes([4; 32]);
-        let mut a = Replica::new(
-            Identity::from_secret([1; 32]),
-            NodeConfig::default(),
-            [2; 32],
-        );
-        let mut b = Replica::new(
-            Identity::from_secret([3; 32]),
-            NodeConfig::default(),
-            [4; 32],
-        );
+        let mut a = replica(1, 2);
+        let mut b = replica(3, 4);
         let up = Input::LinkUp {
             link: LinkId(1),
             kind: LinkKind::Direct,
