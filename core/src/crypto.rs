@@ -27,12 +27,11 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use core::fmt;
 
-use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
+use crate::aead::GcmKey;
 use crate::id::{DocId, EnvelopeId, PeerId, RoomId};
 use crate::wire::{
     Envelope, EnvelopeHeader, EnvelopeKind, SealedParts, WIRE_VERSION, cbor_head_len,
@@ -415,8 +414,8 @@ pub struct DocKeys {
     doc: DocId,
     room: RoomId,
     keys: BTreeMap<u32, DocKey>,
-    ciphers: BTreeMap<(PeerId, u32), Aes256Gcm>,
-    transport: Aes256Gcm,
+    ciphers: BTreeMap<(PeerId, u32), GcmKey>,
+    transport: GcmKey,
     verifier: Verifier,
 }
 
@@ -459,7 +458,7 @@ impl DocKeys {
         self.keys.keys().next_back().copied().unwrap_or(0)
     }
 
-    fn cipher(&mut self, author: PeerId, epoch: u32) -> Result<&Aes256Gcm, CryptoError> {
+    fn cipher(&mut self, author: PeerId, epoch: u32) -> Result<&GcmKey, CryptoError> {
         if !self.ciphers.contains_key(&(author, epoch)) {
             let key = self
                 .keys
@@ -473,7 +472,7 @@ impl DocKeys {
             Hkdf::<Sha256>::new(None, key.as_bytes())
                 .expand(&info, &mut subkey)
                 .map_err(|_| CryptoError::UnknownEpoch(epoch))?;
-            let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(subkey));
+            let cipher = GcmKey::new(&subkey);
             self.ciphers.insert((author, epoch), cipher);
         }
         Ok(&self.ciphers[&(author, epoch)])
@@ -626,11 +625,7 @@ impl DocKeys {
         bytes.extend_from_slice(plaintext);
         let tag = self
             .cipher(header.author, header.epoch)?
-            .encrypt_inout_detached(
-                &Nonce::from(header.nonce),
-                header_bytes,
-                (&mut bytes[body_start..]).into(),
-            )
+            .seal_in_place(&header.nonce, header_bytes, &mut bytes[body_start..])
             .map_err(|_| CryptoError::TooLarge {
                 len: plaintext.len(),
                 max: MAX_PLAINTEXT,
@@ -688,76 +683,64 @@ impl DocKeys {
     /// or because it comes from this replica's own store).
     pub fn decrypt_verified(&mut self, env: &Envelope) -> Result<Vec<u8>, CryptoError> {
         let h = env.header();
-        let nonce = Nonce::from(h.nonce);
         let aad = env.header_bytes();
         let Some((ciphertext, tag)) = env.body().split_last_chunk::<16>() else {
             return Err(CryptoError::WrongKey);
         };
         let mut plain = ciphertext.to_vec();
         self.cipher(h.author, h.epoch)?
-            .decrypt_inout_detached(&nonce, aad, plain.as_mut_slice().into(), &(*tag).into())
+            .open_in_place(&h.nonce, aad, &mut plain, tag)
             .map_err(|_| CryptoError::WrongKey)?;
         Ok(plain)
     }
 
     /// The transport sealer of this document (also held by blind nodes).
-    pub fn transport(&self) -> &Aes256Gcm {
+    pub fn transport(&self) -> &GcmKey {
         &self.transport
     }
 }
 
 /// The cipher that seals sync frames of one document between peers.
-pub fn transport_cipher(doc: &DocId, room: &RoomId) -> Aes256Gcm {
+pub fn transport_cipher(doc: &DocId, room: &RoomId) -> GcmKey {
     let mut h = blake3::Hasher::new_derive_key("mycel transport v1");
     h.update(&doc.0);
     h.update(&room.0);
-    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*h.finalize().as_bytes()))
+    GcmKey::new(h.finalize().as_bytes())
 }
 
 /// Seals a sync frame: `nonce(12) || AES-256-GCM(plaintext, aad = room)`.
-pub fn seal_transport(
-    cipher: &Aes256Gcm,
-    room: &RoomId,
-    plaintext: &[u8],
-    rng: &mut Rng,
-) -> Vec<u8> {
+pub fn seal_transport(cipher: &GcmKey, room: &RoomId, plaintext: &[u8], rng: &mut Rng) -> Vec<u8> {
     let nonce: [u8; 12] = rng.array();
     let mut out = Vec::with_capacity(12 + plaintext.len() + 16);
     out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
     // Encryption fails only beyond 64 GiB; frames are bounded far below.
-    let ct = cipher
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad: room.as_bytes(),
-            },
-        )
+    let tag = cipher
+        .seal_in_place(&nonce, room.as_bytes(), &mut out[12..])
         .unwrap_or_default();
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(&tag);
     out
 }
 
 /// Opens a frame sealed by [`seal_transport`].
 pub fn open_transport(
-    cipher: &Aes256Gcm,
+    cipher: &GcmKey,
     room: &RoomId,
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
     if sealed.len() < 12 + 16 {
         return Err(CryptoError::TransportOpen);
     }
-    let (nonce, ct) = sealed.split_at(12);
+    let (nonce, rest) = sealed.split_at(12);
     let nonce: [u8; 12] = nonce.try_into().map_err(|_| CryptoError::TransportOpen)?;
+    let Some((ct, tag)) = rest.split_last_chunk::<16>() else {
+        return Err(CryptoError::TransportOpen);
+    };
+    let mut plain = ct.to_vec();
     cipher
-        .decrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: ct,
-                aad: room.as_bytes(),
-            },
-        )
-        .map_err(|_| CryptoError::TransportOpen)
+        .open_in_place(&nonce, room.as_bytes(), &mut plain, tag)
+        .map_err(|_| CryptoError::TransportOpen)?;
+    Ok(plain)
 }
 
 #[cfg(test)]

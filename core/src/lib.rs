@@ -60,6 +60,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod aead;
 pub mod crypto;
 #[cfg(feature = "automerge")]
 pub mod doc;

@@ -16,7 +16,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use aes_gcm::Aes256Gcm;
+use crate::aead::GcmKey;
 use minicbor::bytes::ByteVec;
 
 use crate::crypto::{
@@ -272,7 +272,7 @@ struct Route {
 struct DocState {
     room: RoomId,
     keys: Option<DocKeys>,
-    transport: Aes256Gcm,
+    transport: GcmKey,
     log: DocLog,
     sessions: BTreeMap<Route, Session>,
     /// Own envelopes handed to the host, not yet acknowledged: (batch, envelope).

@@ -24,7 +24,7 @@ use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
-use aes_gcm::Aes256Gcm;
+use crate::aead::GcmKey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use minicbor::bytes::ByteVec;
 use minicbor::{Decode, Encode};
@@ -77,7 +77,7 @@ pub struct Codec {
     signing: SigningKey,
     me: PeerId,
     room: RoomId,
-    cipher: Aes256Gcm,
+    cipher: GcmKey,
     max_frame: usize,
     keys: BTreeMap<PeerId, VerifyingKey>,
     stats: CodecStats,
