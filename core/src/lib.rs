@@ -68,6 +68,7 @@ pub mod gossip;
 pub mod id;
 pub mod log;
 pub mod node;
+pub mod relay_link;
 pub mod sync;
 pub mod time;
 pub mod wire;

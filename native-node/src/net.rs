@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use mycel_core::id::DocId;
 use mycel_core::node::{Event, Input, LinkId, LinkKind, Output};
+use mycel_core::relay_link::{RelayRotation, Retry};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -33,38 +34,6 @@ pub enum Mode {
 pub enum Outcome {
     Synced { peers: usize },
     Stopped,
-}
-
-/// Reconnect delays: doubling from 200 ms to 10 s, each with ±50% jitter so
-/// that many clients of a restarted relay do not return in step.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const MAX: Duration = Duration::from_secs(10);
-
-    pub fn new() -> Self {
-        Backoff { next: Self::FIRST }
-    }
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-    /// The delay before the next attempt.
-    pub fn delay(&mut self, random: u64) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let jitter = (random % 1000) as f64 / 1000.0; // 0..1
-        base.mul_f64(0.5 + jitter)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 fn report(host: &mut Host) {
@@ -116,10 +85,9 @@ fn done(host: &Host, mode: &Mode) -> Option<usize> {
 
 /// Runs the relay link until the mode's goal, a timeout, or `shutdown`.
 ///
-/// Multi-homing: `relays` are tried in turn. The node stays on the one it
-/// reached; when that one fails or drops, it moves to the next at once
-/// (the relays of one deployment share rooms through their backplane), and
-/// backs off only after every relay failed in a row. On each new link the
+/// Multi-homing: `relays` are tried in turn, by the policy of
+/// [`RelayRotation`] (stay on the relay reached, fail over at once, back
+/// off only after every relay failed in a row). On each new link the
 /// sessions resume by vector exchange, so nothing is lost in a failover.
 pub async fn run(
     host: &mut Host,
@@ -127,9 +95,8 @@ pub async fn run(
     mode: Mode,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome, HostError> {
-    if relays.is_empty() {
-        return Err(HostError::Io("no relay given".into()));
-    }
+    let mut rotation =
+        RelayRotation::new(relays.to_vec()).map_err(|e| HostError::Io(e.to_string()))?;
     tokio::pin!(shutdown);
     let deadline = match &mode {
         Mode::Sync { timeout, .. } => Some(Instant::now() + *timeout),
@@ -141,13 +108,10 @@ pub async fn run(
             relays.join(", ")
         ))
     };
-    let mut backoff = Backoff::new();
     let mut link_no = 0u64;
-    // Which relay to try next, and how many failed in a row.
-    let (mut next, mut failed) = (0usize, 0usize);
     loop {
-        let relay = relays[next % relays.len()].as_str();
-        let connect = tokio_tungstenite::connect_async(relay);
+        let relay = rotation.current().to_string();
+        let connect = tokio_tungstenite::connect_async(relay.as_str());
         let ws = tokio::select! {
             r = connect => r,
             () = &mut shutdown => return Ok(Outcome::Stopped),
@@ -156,14 +120,10 @@ pub async fn run(
         let mut ws = match ws {
             Ok((ws, _)) => ws,
             Err(e) => {
-                next += 1;
-                failed += 1;
-                if failed < relays.len() {
+                let Retry::After(delay) = rotation.connect_failed(host.rng().u64()) else {
                     eprintln!("cannot reach relay {relay}: {e}; trying the next one");
                     continue;
-                }
-                failed = 0;
-                let delay = backoff.delay(host.rng().u64());
+                };
                 eprintln!("cannot reach relay {relay}: {e}; retrying in {delay:?}");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => continue,
@@ -172,8 +132,7 @@ pub async fn run(
                 }
             }
         };
-        backoff.reset();
-        failed = 0;
+        rotation.connected();
         if relays.len() > 1 {
             eprintln!("connected to relay {relay}");
         }
@@ -233,12 +192,10 @@ pub async fn run(
         if let Some(outcome) = ended {
             return Ok(outcome);
         }
-        if relays.len() > 1 {
-            next += 1;
+        let Retry::After(delay) = rotation.lost(host.rng().u64()) else {
             eprintln!("lost the relay {relay}; failing over to the next one");
             continue;
-        }
-        let delay = backoff.delay(host.rng().u64());
+        };
         eprintln!("lost the relay {relay}; reconnecting in {delay:?}");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -252,21 +209,5 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_to_a_cap_with_jitter() {
-        let mut b = Backoff::new();
-        let d: Vec<Duration> = (0..8).map(|i| b.delay(i * 137)).collect();
-        assert!(d[0] >= Duration::from_millis(100) && d[0] <= Duration::from_millis(300));
-        assert!(d[7] <= Duration::from_secs(15));
-        assert!(d[7] >= Duration::from_secs(5));
-        b.reset();
-        assert!(b.delay(999) <= Duration::from_millis(300));
     }
 }

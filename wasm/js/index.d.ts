@@ -100,8 +100,9 @@ export interface DocStatus {
 }
 
 export interface RepoStatus {
-  /** Connected to the relay. */
+  /** Connected to a relay. */
   online: boolean;
+  /** The relay in use (or being tried); null when offline only. */
   relay: string | null;
   peerId: string;
   docs: Record<string, DocStatus>;
@@ -137,8 +138,13 @@ export class DocHandle<T = { [key: string]: Value }> {
 }
 
 export interface RepoOptions {
-  /** The relay's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`. Omit to work offline only. */
-  relay?: string;
+  /**
+   * The relay's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`, or several
+   * relays of one deployment (sharing rooms through a backplane): the repo
+   * stays on the one it reached and fails over to the next at once,
+   * resuming sync by vector exchange. Omit to work offline only.
+   */
+  relay?: string | string[];
   /** The IndexedDB database name (default `"mycel"`). */
   name?: string;
   /** What share links start with (default: this page's address). */

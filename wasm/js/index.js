@@ -31,6 +31,18 @@ const CLASSES = {
   ChangeError, RelayError, ClosedError, UnavailableError, MycelError,
 };
 
+/**
+ * `relay` as a list: one WebSocket URL, several (the relays of one
+ * deployment, sharing rooms through their backplane: the repo stays on the
+ * one it reached and fails over to the next), or none (offline only).
+ */
+function relayList(relay) {
+  if (relay === undefined || relay === null) return [];
+  if (typeof relay === "string") return [relay];
+  if (Array.isArray(relay) && relay.every((r) => typeof r === "string")) return [...relay];
+  throw new RelayError("the relay option must be a WebSocket URL or a list of them");
+}
+
 function toMycelError(e) {
   if (e instanceof MycelError) return e;
   const Class = e && typeof e.name === "string" ? CLASSES[e.name] : undefined;
@@ -348,20 +360,22 @@ export class Repo {
   }
 
   /**
-   * Opens (or creates) the repo. `relay`: the relay's WebSocket URL
-   * (omit to work offline only); `name`: the IndexedDB database
+   * Opens (or creates) the repo. `relay`: the relay's WebSocket URL, or a
+   * list of relays of one deployment to fail over between (omit to work
+   * offline only); `name`: the IndexedDB database
    * (default "mycel"); `base`: what share links start with (default: this
    * page's address); `wasm`: where the .wasm file is, if not beside this module.
    */
   static async open({ relay, name = "mycel", base = defaultBase(), wasm, worker = false } = {}) {
-    if (worker) return WorkerRepo.open({ relay, name, base, wasm });
+    const relays = relayList(relay);
+    if (worker) return WorkerRepo.open({ relay: relays, name, base, wasm });
     await callAsync(() => load(wasm));
     const repo = new Repo(OPEN);
     repo.base = base;
     repo.#slot = await takeSlot(name);
     try {
       repo.#engine = await callAsync(() =>
-        Engine.open(name, repo.#slot.slot, relay ?? undefined, (kind, payload) => repo.#enqueue(kind, payload)),
+        Engine.open(name, repo.#slot.slot, relays, (kind, payload) => repo.#enqueue(kind, payload)),
       );
     } catch (e) {
       repo.#slot.release();

@@ -20,14 +20,13 @@
 //! console.log(doc.value(), doc.shareLink());
 //! ```
 //!
-//! Pieces that need no browser are plain Rust, for example the relay
-//! link's reconnect policy:
+//! Pieces that need no browser are plain Rust, for example the check of
+//! a relay address:
 //!
 //! ```
-//! use mycel_wasm::link::Backoff;
-//! let mut backoff = Backoff::new();
-//! let first = backoff.delay_ms(500);
-//! assert!((100.0..=300.0).contains(&first), "200 ms ± 50% jitter");
+//! use mycel_wasm::link::check_relay_url;
+//! assert!(check_relay_url("ws://127.0.0.1:8080/ws").is_ok());
+//! assert!(check_relay_url("http://127.0.0.1:8080/").is_err());
 //! ```
 #![forbid(unsafe_code)]
 
@@ -56,8 +55,9 @@ use wasm_bindgen_futures::future_to_promise;
 use web_sys::{BinaryType, MessageEvent, WebSocket};
 
 use crate::error::HostError;
-use crate::link::{Backoff, check_relay_url};
+use crate::link::check_relay_url;
 use crate::store::Store;
+use mycel_core::relay_link::{RelayRotation, Retry};
 
 #[wasm_bindgen]
 extern "C" {
@@ -152,7 +152,8 @@ struct Inner {
     heads: BTreeMap<DocId, Vec<ChangeHash>>,
     epoch_ms: f64,
     emit: Function,
-    relay: Option<String>,
+    /// The relays (none: offline only) and which one is in use.
+    relays: Option<RelayRotation>,
     socket: Option<Socket>,
     /// Other tabs of this repo (same origin and database).
     tabs: Option<Tabs>,
@@ -160,7 +161,6 @@ struct Inner {
     /// cannot be dropped while it runs).
     graveyard: Vec<Socket>,
     next_link: u64,
-    backoff: Backoff,
     timer: Option<JsValue>,
     reconnect_timer: Option<JsValue>,
     tick_cb: Option<Closure<dyn FnMut()>>,
@@ -446,7 +446,7 @@ impl Inner {
 
     fn connect(&mut self) {
         self.graveyard.clear();
-        let Some(url) = self.relay.clone() else {
+        let Some(url) = self.relays.as_ref().map(|r| r.current().to_string()) else {
             return;
         };
         if self.closed || self.socket.is_some() {
@@ -454,7 +454,7 @@ impl Inner {
         }
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
-            Err(_) => return self.schedule_reconnect(),
+            Err(_) => return self.schedule_reconnect(false),
         };
         ws.set_binary_type(BinaryType::Arraybuffer);
         self.next_link += 1;
@@ -484,7 +484,9 @@ impl Inner {
             return;
         };
         s.up = true;
-        self.backoff.reset();
+        if let Some(r) = self.relays.as_mut() {
+            r.connected();
+        }
         let now = self.now();
         if let Err(e) = self.replica.handle(
             now,
@@ -530,13 +532,28 @@ impl Inner {
             self.drain();
         }
         if !self.closed {
-            self.schedule_reconnect();
+            self.schedule_reconnect(was_up);
         }
     }
 
-    fn schedule_reconnect(&mut self) {
+    /// After a link that was up dropped (`was_up`), or an attempt failed:
+    /// the next relay at once, or the same after a backoff.
+    fn schedule_reconnect(&mut self, was_up: bool) {
         let random = self.replica.node_mut().rng().u64();
-        let delay = self.backoff.delay_ms(random);
+        let Some(relays) = self.relays.as_mut() else {
+            return;
+        };
+        let retry = if was_up {
+            relays.lost(random)
+        } else {
+            relays.connect_failed(random)
+        };
+        let delay = match retry {
+            Retry::Now => 0.0,
+            Retry::After(d) => d.as_secs_f64() * 1000.0,
+        };
+        // Through a timer even when at once: this runs inside the old
+        // socket's callback, which must return before the next connects.
         if let Some(cb) = &self.reconnect_cb {
             self.reconnect_timer = Some(set_timeout(cb.as_ref().unchecked_ref(), delay));
         }
@@ -564,7 +581,9 @@ impl Inner {
             ("online", online.into()),
             (
                 "relay",
-                self.relay.clone().map_or(JsValue::NULL, JsValue::from),
+                self.relays
+                    .as_ref()
+                    .map_or(JsValue::NULL, |r| JsValue::from(r.current())),
             ),
             ("peerId", self.replica.node().peer_id().to_string().into()),
             ("docs", docs.into()),
@@ -768,18 +787,20 @@ impl Engine {
 #[wasm_bindgen]
 impl Engine {
     /// Opens the repo stored in the IndexedDB database `name`, as author
-    /// slot `slot`; `relay` is a WebSocket URL or undefined (offline only);
+    /// slot `slot`; `relays` are WebSocket URLs, in order of preference
+    /// (the relays of one deployment; empty: offline only);
     /// `emit(kind, payload)` receives events and must not call the engine
     /// synchronously.
     pub async fn open(
         name: String,
         slot: u32,
-        relay: Option<String>,
+        relays: Vec<String>,
         emit: Function,
     ) -> Result<Engine, JsValue> {
-        if let Some(url) = &relay {
+        for url in &relays {
             check_relay_url(url).map_err(HostError::Relay)?;
         }
+        let relays = RelayRotation::new(relays).ok();
         let store = Store::open(&name).await?;
         let secret = match store.identity(slot).await? {
             Some(s) => s,
@@ -811,11 +832,10 @@ impl Engine {
                 heads: BTreeMap::new(),
                 epoch_ms: js_sys::Date::now(),
                 emit,
-                relay,
+                relays,
                 socket: None,
                 graveyard: Vec::new(),
                 next_link: 0,
-                backoff: Backoff::new(),
                 timer: None,
                 reconnect_timer: None,
                 tick_cb: Some(Closure::new(move || with(&a, Inner::tick))),

@@ -6,7 +6,7 @@ use crate::Ctx;
 use crate::sh::{Error, Result, Steps};
 
 /// The benchmarks this command knows, the first being the default.
-const BENCHES: &[&str] = &["core", "relay", "node", "gossip"];
+const BENCHES: &[&str] = &["core", "relay", "scale-out", "node", "gossip"];
 
 pub fn run(ctx: &Ctx, args: &[String]) -> Result {
     let (name, rest) = match args.split_first() {
@@ -31,6 +31,19 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result {
                 .args(extra)
                 .run()
         }),
+        "scale-out" => {
+            let mut steps = Steps::new();
+            steps.step("ensure nats-server (the relays' backplane)", || {
+                crate::ensure::ensure_apt(ctx, &["nats-server"])
+            })?;
+            steps.step("scale-out benchmark (relay-bench --scale-out)", || {
+                ctx.cargo()
+                    .args(["run", "--release", "--locked", "-p", "mycel-relay"])
+                    .args(["--bin", "relay-bench", "--", "--scale-out"])
+                    .args(extra)
+                    .run()
+            })
+        }
         "node" => {
             let mut steps = Steps::new();
             steps.step("build mycel-node (release)", || {

@@ -14,6 +14,13 @@
 //! memory from its `VmRSS` before and after opening 10,000 connections
 //! (100 per room) in a fresh server process. Everything is bounded in
 //! count and time; the last line printed is one JSON object.
+//!
+//! `--scale-out` (what `cargo xtask bench scale-out` runs) measures instead
+//! the same load on one relay and on two relays sharing every room through
+//! NATS (Debian's `nats-server` on 127.0.0.1, `$NATS_SERVER` to override):
+//! each room's clients alternate between the two relays, so most deliveries
+//! cross relays; it prints deliveries/s, relay CPU per delivery and
+//! p50/p99 latency, cross-relay latency on its own, and the ratios.
 #![forbid(unsafe_code)]
 
 use std::io::Read as _;
@@ -72,10 +79,14 @@ struct Opts {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__serve-relay") {
-        serve_child(args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0));
+        serve_child(
+            args.get(2).and_then(|p| p.parse().ok()).unwrap_or(0),
+            args.get(3).cloned(),
+        );
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let scale_out = args.iter().any(|a| a == "--scale-out");
     let opts = Opts {
         quick,
         with_y: !args.iter().any(|a| a == "--no-y"),
@@ -92,14 +103,19 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let started = Instant::now();
-    let report = rt.block_on(run(opts));
+    let report = if scale_out {
+        rt.block_on(scale_out::run(opts))
+    } else {
+        rt.block_on(run(opts))
+    };
     println!("total bench time {:.1}s", started.elapsed().as_secs_f64());
     println!("{report}");
 }
 
 /// The relay as a child process (same binary, so `cargo run --bin
-/// relay-bench` needs no other build step). It stops when its stdin closes.
-fn serve_child(port: u16) {
+/// relay-bench` needs no other build step), with a NATS backplane if
+/// given. It stops when its stdin closes.
+fn serve_child(port: u16, backplane: Option<String>) {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let config = mycel_relay::Config {
         listen: ([127, 0, 0, 1], port).into(),
@@ -113,6 +129,7 @@ fn serve_child(port: u16) {
         burst_frames: 1_000_000,
         rate_bytes: mycel_relay::ByteSize(1 << 30),
         burst_bytes: mycel_relay::ByteSize(1 << 30),
+        backplane,
         ..mycel_relay::Config::default()
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -150,12 +167,22 @@ struct Server {
 
 impl Server {
     async fn start(kind: Kind, ydir: &Path) -> Result<Server, String> {
+        Server::start_with(kind, ydir, None).await
+    }
+
+    /// A server; for mycel-relay, with `backplane` (a NATS URL) if given.
+    async fn start_with(
+        kind: Kind,
+        ydir: &Path,
+        backplane: Option<&str>,
+    ) -> Result<Server, String> {
         let (child, port) = match kind {
             Kind::Mycel => {
                 let port = free_port()?;
                 let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                 let child = Command::new(exe)
                     .args(["__serve-relay", &port.to_string()])
+                    .args(backplane)
                     .env("MYCEL_RELAY_LOG", "warn")
                     .stdin(Stdio::piped())
                     .spawn()
@@ -315,12 +342,15 @@ async fn connect(kind: Kind, port: u16, room: usize) -> Result<Ws, String> {
     Ok(ws)
 }
 
-/// Connects `n` clients, `ROOM_SIZE` per room, a few hundred at a time.
-async fn connect_many(kind: Kind, port: u16, n: usize) -> Result<Vec<(usize, Ws)>, String> {
+/// Connects `n` clients, `ROOM_SIZE` per room, a few hundred at a time;
+/// client `i` to server `i % ports.len()`.
+async fn connect_many(kind: Kind, ports: &[u16], n: usize) -> Result<Vec<(usize, Ws)>, String> {
     let results: Vec<Result<(usize, Ws), String>> = stream::iter(0..n)
         .map(|i| async move {
             let room = i / ROOM_SIZE;
-            connect(kind, port, room).await.map(|ws| (i, ws))
+            connect(kind, ports[i % ports.len()], room)
+                .await
+                .map(|ws| (i, ws))
         })
         .buffer_unordered(200)
         .collect()
@@ -440,20 +470,33 @@ struct LoadResult {
     p50_us: f64,
     p99_us: f64,
     p999_us: f64,
+    /// Deliveries whose sender was on another server, and their latency.
+    cross_deliveries: u64,
+    cross_p50_us: f64,
+    cross_p99_us: f64,
     /// Share of the server's CPU time spent in the kernel.
     sys_share: f64,
 }
 
 /// Runs one load phase: `rooms` rooms of `ROOM_SIZE`, `SENDERS` senders
-/// each, at `rate` deliveries/s for `secs`.
+/// each, at `rate` deliveries/s for `secs`; client `i` on server
+/// `i % servers.len()`, CPU summed over the servers.
 async fn load(
     kind: Kind,
-    server: &Server,
+    servers: &[&Server],
     rooms: usize,
     rate: f64,
     secs: f64,
 ) -> Result<LoadResult, String> {
-    let conns = connect_many(kind, server.port, rooms * ROOM_SIZE).await?;
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let n_servers = servers.len();
+    let cpu_split = || {
+        servers.iter().fold((0.0, 0.0), |(u, k), s| {
+            let (u1, k1) = s.cpu_split();
+            (u + u1, k + k1)
+        })
+    };
+    let conns = connect_many(kind, &ports, rooms * ROOM_SIZE).await?;
     let per_publish = (ROOM_SIZE - 1) as f64;
     let senders_total = (rooms * SENDERS) as f64;
     let per_sender_rate = rate / per_publish / senders_total;
@@ -464,7 +507,7 @@ async fn load(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let start = tokio::time::Instant::now() + Duration::from_millis(200);
     let deadline = start + Duration::from_secs_f64(secs) + Duration::from_secs(5);
-    let cpu0 = server.cpu_split();
+    let cpu0 = cpu_split();
 
     let mut readers = Vec::new();
     let mut writers = Vec::new();
@@ -482,6 +525,7 @@ async fn load(
         readers.push(tokio::spawn(async move {
             let mut got = 0u64;
             let mut lat: Vec<u32> = Vec::with_capacity(expect as usize);
+            let mut cross: Vec<u32> = Vec::new();
             let mut last = start;
             while got < expect {
                 let next = tokio::time::timeout_at(deadline, rx.next()).await;
@@ -497,11 +541,15 @@ async fn load(
                         continue; // y-websocket echoes to the sender
                     }
                     got += 1;
-                    lat.push((now.saturating_sub(ts) / 1000).min(u64::from(u32::MAX)) as u32);
+                    let us = (now.saturating_sub(ts) / 1000).min(u64::from(u32::MAX)) as u32;
+                    lat.push(us);
+                    if n_servers > 1 && sender_conn(from) % n_servers != i % n_servers {
+                        cross.push(us);
+                    }
                     last = tokio::time::Instant::now();
                 }
             }
-            (got, lat, last, rx)
+            (got, lat, cross, last, rx)
         }));
         if is_sender {
             let mut p = Publisher {
@@ -527,27 +575,25 @@ async fn load(
     }
     let mut delivered = 0u64;
     let mut lat = Vec::new();
+    let mut cross = Vec::new();
     let mut last = start;
     let mut halves = Vec::new();
     for r in readers {
-        let (got, l, t, rx) = r.await.map_err(|e| e.to_string())?;
+        let (got, l, c, t, rx) = r.await.map_err(|e| e.to_string())?;
         delivered += got;
         lat.extend(l);
+        cross.extend(c);
         last = last.max(t);
         halves.push(rx);
     }
-    let cpu1 = server.cpu_split();
+    let cpu1 = cpu_split();
     for w in writers {
         let _ = w.await;
     }
     drop(halves);
     lat.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if lat.is_empty() {
-            return f64::NAN;
-        }
-        f64::from(lat[((lat.len() - 1) as f64 * q) as usize])
-    };
+    cross.sort_unstable();
+    let pct = |q: f64| percentile(&lat, q);
     let secs_taken = (last - start).as_secs_f64().max(1e-9);
     let expected = (rooms as u64) * (SENDERS as u64) * n_per_sender * (ROOM_SIZE as u64 - 1);
     let cpu = (cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1);
@@ -563,8 +609,26 @@ async fn load(
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         p999_us: pct(0.999),
+        cross_deliveries: cross.len() as u64,
+        cross_p50_us: percentile(&cross, 0.50),
+        cross_p99_us: percentile(&cross, 0.99),
         sys_share,
     })
+}
+
+/// The `q` quantile of sorted `v` (NaN if empty).
+fn percentile(v: &[u32], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    f64::from(v[((v.len() - 1) as f64 * q) as usize])
+}
+
+/// The client index of the sender with id `sender` (as [`load`] numbers
+/// them: room-major, the first `SENDERS` slots of each room send).
+fn sender_conn(sender: u32) -> usize {
+    let s = sender.saturating_sub(1) as usize;
+    (s / SENDERS) * ROOM_SIZE + s % SENDERS
 }
 
 /// Idle memory: RSS growth of a fresh server per connection, `n` clients
@@ -572,7 +636,7 @@ async fn load(
 async fn idle(kind: Kind, server: &Server, n: usize) -> Result<(f64, f64, f64), String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss0 = server.rss_kib();
-    let conns = connect_many(kind, server.port, n).await?;
+    let conns = connect_many(kind, &[server.port], n).await?;
     let drains: Vec<_> = conns
         .into_iter()
         .map(|(_, mut ws)| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
@@ -641,9 +705,9 @@ struct Figures {
 async fn measure(kind: Kind, opts: &Opts, ydir: &Path) -> Result<Figures, String> {
     println!("== {}", kind.name());
     let server = Server::start(kind, ydir).await?;
-    let load = load(kind, &server, opts.rooms, opts.rate, opts.secs).await?;
+    let load = load(kind, &[&server], opts.rooms, opts.rate, opts.secs).await?;
     print_load("fixed load", &load);
-    let max = load_max(kind, &server, opts).await?;
+    let max = load_max(kind, &[&server], opts).await?;
     print_load("high load", &max);
     drop(server);
     let server = Server::start(kind, ydir).await?;
@@ -664,10 +728,10 @@ async fn measure(kind: Kind, opts: &Opts, ydir: &Path) -> Result<Figures, String
     })
 }
 
-async fn load_max(kind: Kind, server: &Server, opts: &Opts) -> Result<LoadResult, String> {
+async fn load_max(kind: Kind, servers: &[&Server], opts: &Opts) -> Result<LoadResult, String> {
     // Let the previous phase's connections close first.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    load(kind, server, opts.rooms, opts.max_rate, opts.secs).await
+    load(kind, servers, opts.rooms, opts.max_rate, opts.secs).await
 }
 
 fn print_load(what: &str, r: &LoadResult) {
@@ -924,4 +988,211 @@ fn thread_cpu_secs() -> Result<f64, String> {
     };
     // Fields after the name: state is 0, utime 11, stime 12 (clock ticks).
     Ok((ticks(11)? + ticks(12)?) / clk_tck())
+}
+
+/// `--scale-out`: one relay against two sharing rooms through NATS.
+mod scale_out {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::{Kind, LoadResult, Opts, Server, free_port, load, load_max, num, print_load};
+
+    /// `nats-server` on 127.0.0.1, killed on drop.
+    struct Nats {
+        child: Child,
+        port: u16,
+    }
+
+    impl Nats {
+        async fn start() -> Result<Nats, String> {
+            let port = free_port()?;
+            let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+            let child = Command::new(&bin)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    format!(
+                        "cannot start {bin} ({e}); install Debian's nats-server or set NATS_SERVER"
+                    )
+                })?;
+            let nats = Nats { child, port };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                if Instant::now() > deadline {
+                    return Err("nats-server did not listen within 10 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(nats)
+        }
+
+        fn url(&self) -> String {
+            format!("nats://127.0.0.1:{}", self.port)
+        }
+
+        /// CPU seconds of the NATS process so far.
+        fn cpu_secs(&self) -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default();
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / super::clk_tck()
+        }
+    }
+
+    impl Drop for Nats {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Waits (bounded) until the relay's `/healthz` says "ok": connected to
+    /// its backplane, so rooms span both relays from the first publish.
+    async fn until_healthy(port: u16) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
+                let req = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+                let mut body = String::new();
+                if s.write_all(req.as_bytes()).await.is_ok()
+                    && s.read_to_string(&mut body).await.is_ok()
+                    && body.ends_with("\r\n\r\nok\n")
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("relay on port {port} not healthy within 15 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    struct Phase {
+        fixed: LoadResult,
+        max: LoadResult,
+        nats_cpu_secs: f64,
+    }
+
+    async fn phase(servers: &[&Server], nats: &Nats, opts: &Opts) -> Result<Phase, String> {
+        let nats0 = nats.cpu_secs();
+        let fixed = load(Kind::Mycel, servers, opts.rooms, opts.rate, opts.secs).await?;
+        print_load("fixed load", &fixed);
+        let max = load_max(Kind::Mycel, servers, opts).await?;
+        print_load("high load", &max);
+        if servers.len() > 1 {
+            for (what, r) in [("fixed load", &fixed), ("high load", &max)] {
+                println!(
+                    "  {what}, deliveries across relays: {} of {}, latency p50 {:.0} us, p99 {:.0} us",
+                    r.cross_deliveries, r.delivered, r.cross_p50_us, r.cross_p99_us
+                );
+            }
+        }
+        Ok(Phase {
+            fixed,
+            max,
+            nats_cpu_secs: nats.cpu_secs() - nats0,
+        })
+    }
+
+    pub async fn run(opts: Opts) -> String {
+        match measure(&opts).await {
+            Ok(json) => json,
+            Err(e) => {
+                println!("scale-out bench failed: {e}");
+                format!(
+                    "{{\"bench\":\"scale-out\",\"error\":\"{}\"}}",
+                    e.replace('"', "'")
+                )
+            }
+        }
+    }
+
+    async fn measure(opts: &Opts) -> Result<String, String> {
+        println!(
+            "scale-out bench: rooms of {} clients, {} senders per room, {}-byte payloads, {} rooms, {:.1}s per phase",
+            super::ROOM_SIZE,
+            super::SENDERS,
+            super::PAYLOAD,
+            opts.rooms,
+            opts.secs
+        );
+        let nats = Nats::start().await?;
+        let none = std::path::PathBuf::new();
+
+        println!("== one relay");
+        let one = Server::start_with(Kind::Mycel, &none, None).await?;
+        let single = phase(&[&one], &nats, opts).await?;
+        drop(one);
+
+        println!(
+            "== two relays sharing rooms through NATS (each room's clients alternate between them)"
+        );
+        let a = Server::start_with(Kind::Mycel, &none, Some(&nats.url())).await?;
+        let b = Server::start_with(Kind::Mycel, &none, Some(&nats.url())).await?;
+        until_healthy(a.port).await?;
+        until_healthy(b.port).await?;
+        let pair = phase(&[&a, &b], &nats, opts).await?;
+        println!(
+            "  NATS CPU over both phases: {:.3}s = {:.3} us per delivery",
+            pair.nats_cpu_secs,
+            pair.nats_cpu_secs * 1e6 / (pair.fixed.delivered + pair.max.delivered).max(1) as f64
+        );
+        drop((a, b));
+
+        let tput = pair.max.per_sec / single.max.per_sec;
+        // Capacity when each relay has a core of its own (a real deployment;
+        // here two relays, NATS and the load generator share two cores):
+        // deliveries per second of relay CPU, two relays against one.
+        let capacity = 2.0 * single.max.cpu_us_per_delivery / pair.max.cpu_us_per_delivery;
+        let lat_ok = pair.fixed.cross_p99_us < 2000.0;
+        println!("== ratios (two relays / one)");
+        println!(
+            "  deliveries/s at high load: {:.0} vs {:.0} = {tput:.2}x (goal >= 1.6x; measured with everything on this machine's cores)",
+            pair.max.per_sec, single.max.per_sec
+        );
+        println!(
+            "  relay CPU per delivery at high load: {:.3} vs {:.3} us; capacity with a core per relay = 2 x {:.3} / {:.3} = {capacity:.2}x",
+            pair.max.cpu_us_per_delivery,
+            single.max.cpu_us_per_delivery,
+            single.max.cpu_us_per_delivery,
+            pair.max.cpu_us_per_delivery
+        );
+        println!(
+            "  cross-relay p99 at {:.0} deliveries/s: {:.0} us (goal < 2 ms: {})",
+            opts.rate,
+            pair.fixed.cross_p99_us,
+            if lat_ok { "met" } else { "NOT met" }
+        );
+        let fig = |r: &LoadResult| {
+            format!(
+                "{{\"deliveries_per_s\":{},\"cpu_us_per_delivery\":{},\"p50_us\":{},\"p99_us\":{},\"cross_p50_us\":{},\"cross_p99_us\":{},\"lost\":{}}}",
+                num(r.per_sec),
+                num(r.cpu_us_per_delivery),
+                num(r.p50_us),
+                num(r.p99_us),
+                num(r.cross_p50_us),
+                num(r.cross_p99_us),
+                r.expected - r.delivered.min(r.expected)
+            )
+        };
+        Ok(format!(
+            "{{\"bench\":\"scale-out\",\"rooms\":{},\"one_relay\":{{\"fixed\":{},\"max\":{}}},\"two_relays\":{{\"fixed\":{},\"max\":{},\"nats_cpu_s\":{}}},\"ratio_max_deliveries\":{},\"ratio_capacity_per_relay_core\":{},\"goal_cross_p99\":{lat_ok}}}",
+            opts.rooms,
+            fig(&single.fixed),
+            fig(&single.max),
+            fig(&pair.fixed),
+            fig(&pair.max),
+            num(pair.nats_cpu_secs),
+            num(tput),
+            num(capacity)
+        ))
+    }
 }

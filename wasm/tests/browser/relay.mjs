@@ -39,9 +39,23 @@ export class Relay {
     await waitForPort(this.port, 10_000);
   }
   async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
+    // Already gone (exited, or killed by an earlier stop): nothing to wait for.
+    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     const exited = new Promise((r) => this.proc.once("exit", r));
     this.proc.kill("SIGKILL");
     await exited;
   }
+}
+
+/** Debian's `nats-server` on 127.0.0.1 (the relays' backplane); killed with SIGKILL. */
+export class Nats {
+  constructor(port) { this.port = port; this.proc = null; }
+  get url() { return `nats://127.0.0.1:${this.port}`; }
+  async start() {
+    this.proc = spawn(process.env.NATS_SERVER ?? "nats-server", ["-a", "127.0.0.1", "-p", String(this.port)], { stdio: ["ignore", "ignore", "pipe"] });
+    this.log = "";
+    this.proc.stderr.on("data", (d) => { this.log += d; });
+    await waitForPort(this.port, 10_000);
+  }
+  async stop() { await Relay.prototype.stop.call(this); }
 }

@@ -16,7 +16,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { Relay, freePort } from "./relay.mjs";
+import { Nats, Relay, freePort } from "./relay.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
@@ -219,6 +219,54 @@ test("two pages sync through a real relay", async () => {
   const docStatus = Object.values(status.docs)[0];
   assert.equal(docStatus.peers, 1);
   for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
+
+test("several relays: a repo fails over to the next one when its relay dies, and keeps syncing", async () => {
+  // Two relays sharing rooms through NATS, as docs/operations.md deploys them.
+  const nats = new Nats(await freePort());
+  await nats.start();
+  const relays = [];
+  try {
+    for (let i = 0; i < 2; i++) {
+      const r = new Relay(relayBin, await freePort(), ["--backplane", nats.url]);
+      await r.start();
+      relays.push(r);
+    }
+    const [first, second] = relays;
+    const [a, b] = [await page(), await page()];
+    await openRepo(a, [first.url, second.url]);
+    await openRepo(b, second.url);
+    await until(a, (url) => window.repo.status.online && window.repo.status.relay === url, first.url, "page A on the first relay");
+    const link = await a.evaluate(async () => {
+      window.doc = await window.repo.create();
+      window.doc.change((d) => { d.items = ["before"]; });
+      return window.doc.shareLink();
+    });
+    await b.evaluate(async (link) => { window.doc = await window.repo.find(link); }, link);
+    await until(b, () => (window.doc.value().items ?? []).includes("before"), null, "page B (other relay) to receive A's change");
+
+    await first.stop();
+    // Written while the link is down: kept, and sent after the failover.
+    await a.evaluate(() => window.doc.change((d) => { d.items.push("during"); }));
+    await until(a, (url) => window.repo.status.online && window.repo.status.relay === url, second.url, "page A to fail over to the second relay");
+    await a.evaluate(() => window.doc.change((d) => { d.items.push("after"); }));
+    await until(b, () => (window.doc.value().items ?? []).length === 3, null, "page B to receive the changes made during and after the failover");
+    await b.evaluate(() => window.doc.change((d) => { d.items.push("from b"); }));
+    await until(a, () => window.doc.value().items.includes("from b"), null, "page A to receive B's change through the second relay");
+    assert.deepEqual(await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value()));
+    assert.deepEqual(await a.evaluate(() => window.doc.value().items), ["before", "during", "after", "from b"]);
+
+    // A bad relay list is a typed error, not a silent offline repo.
+    const err = await a.evaluate(async () => {
+      try { await window.mycel.Repo.open({ relay: ["ws://127.0.0.1:1/ws", 7], name: "bad-list" }); return null; }
+      catch (e) { return { name: e.name, cls: e instanceof window.mycel.RelayError, message: e.message }; }
+    });
+    assert.ok(err && err.cls, JSON.stringify(err));
+    for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+  } finally {
+    for (const r of relays) await r.stop();
+    await nats.stop();
+  }
 });
 
 test("offline edits on both pages, then convergence", async () => {
