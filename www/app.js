@@ -9,7 +9,11 @@ const ui = {
   home: $("home"), editor: $("editor"), newDoc: $("new-doc"), docList: $("doc-list"), noDocs: $("no-docs"),
   share: $("share-link"), copy: $("copy-link"), durability: $("durability") ?? document.querySelector('[data-testid="durability"]'),
   title: $("title"), body: $("body"), addForm: $("add-form"), itemInput: $("item-input"), items: $("items"),
+  fields: $("doc-fields"), loading: $("loading"), update: document.querySelector('[data-testid="update"]'), reload: $("reload"),
 };
+// The build this page runs (stamped by `cargo xtask dist`, also in sw.js's cache name).
+const BUILD = document.querySelector('meta[name="mycel-build"]')?.content ?? "dev";
+$("build").textContent = BUILD;
 
 const relayUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 const base = location.origin + location.pathname;
@@ -18,9 +22,27 @@ let current = null; // { doc, unsubscribe: [] }
 let lastOnline = Date.now();
 let openSeq = 0;
 
+// ---- the service worker: offline app shell, updates ---------------------
+//
+// A new build installs in the background (its own cache) and takes over at
+// once; this page keeps running the code it loaded (all of it is loaded at
+// start), so open documents are not disturbed. The next visit runs the new
+// build; a notice says so.
+function checkForUpdate() {
+  navigator.serviceWorker?.getRegistration().then((r) => r?.update()).catch(() => {});
+}
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("sw.js").catch((e) => console.warn(`service worker not registered: ${e.message}`));
+  let controlled = !!navigator.serviceWorker.controller;
+  navigator.serviceWorker.addEventListener("controllerchange", () => {
+    // The first install takes control too: that is no update.
+    if (controlled) ui.update.hidden = false;
+    controlled = true;
+  });
+  document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") checkForUpdate(); });
+  setInterval(checkForUpdate, 30 * 60 * 1000);
 }
+ui.reload.addEventListener("click", () => location.reload());
 
 function showError(message) {
   closeCurrent();
@@ -287,6 +309,12 @@ async function main() {
     return;
   }
   repo.on("status", updateStatus);
+  // Back online after a disconnection (the relay, so maybe the app, may have been updated): look for a new build.
+  let online = null;
+  repo.on("status", ({ online: now }) => {
+    if (online === false && now) checkForUpdate();
+    online = now;
+  });
   repo.on("error", (e) => console.warn(`mycel: ${e.name}: ${e.message}`));
   addEventListener("hashchange", route);
   route();

@@ -8,7 +8,8 @@
 // Every wait is bounded; any failure exits non-zero.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
@@ -25,9 +26,9 @@ mkdirSync(shots, { recursive: true });
 const shot = (p, name) => p.screenshot({ path: path.join(shots, `${name}.png`), timeout: WAIT });
 
 const watchdog = setTimeout(() => {
-  console.error("app tests: still running after 240 s; giving up");
+  console.error("app tests: still running after 420 s; giving up");
   process.exit(1);
-}, 240_000);
+}, 420_000);
 watchdog.unref();
 
 for (const [what, p] of [["the web app (cargo xtask dist's www/dist)", path.join(dist, "index.html")], ["its npm package (www/dist/pkg)", path.join(dist, "pkg/index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
@@ -60,10 +61,15 @@ after(async () => {
   await relay?.stop();
 });
 
-/** A fresh browser profile on the app at `url`; console errors are collected in `p.errors`. */
-async function open(url = relay.base) {
-  const context = await browser.newContext();
-  contexts.push(context);
+/**
+ * A fresh browser profile (or a new page of `context`) on the app at `url`;
+ * console errors are collected in `p.errors`.
+ */
+async function open(url = relay.base, context = null) {
+  if (!context) {
+    context = await browser.newContext();
+    contexts.push(context);
+  }
   const p = await context.newPage();
   p.setDefaultTimeout(WAIT);
   p.errors = [];
@@ -90,6 +96,12 @@ async function until(what, fn) {
   }
   throw new Error(`timed out after ${WAIT} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
+
+const controlled = (p) => until("the service worker to control the page", () => p.evaluate(() => !!navigator.serviceWorker.controller));
+const build = (p) => p.getAttribute('meta[name="mycel-build"]', "content");
+const cacheNames = (p) => p.evaluate(() => caches.keys());
+const item = (text) => `li:has([data-testid="item"]:text-is(${JSON.stringify(text)}))`;
+const random = () => Array.from({ length: 4 }, () => Math.random().toString(36).slice(2, 8)).join("");
 
 async function newDoc(p) {
   await p.click('[data-testid="new-doc"]');
@@ -124,22 +136,22 @@ test("new document, items added in one page appear in another opened at the shar
   console.error(`app: B showed A's items ${Date.now() - t0} ms after opening the link`);
   assert.equal(await b.inputValue('[data-testid="title"]'), "groceries");
   await until("B synced", async () => (await status(b)) === "synced");
-  await shot(a, "1-a-new-document-with-items");
-  await shot(b, "2-b-opened-the-share-link");
+  await shot(a, "01-a-new-document-with-items");
+  await shot(b, "02-b-opened-the-share-link");
 
   // Edits both ways: B adds and checks, A sees them; A removes, B sees it.
   await addItem(b, "bread");
   await b.check('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]');
   await until("A to show B's item", async () => JSON.stringify(await items(a)) === JSON.stringify(["milk", "eggs", "bread"]));
   await until("A to show milk checked", () => a.isChecked('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]'));
-  await a.click('li:has([data-testid="item"]:text-is("eggs")) button');
+  await a.click(`${item("eggs")} button[aria-label="Remove eggs"]`);
   await until("B to see eggs removed", async () => JSON.stringify(await items(b)) === JSON.stringify(["milk", "bread"]));
 
   // The document is listed on this device.
   await a.goto(relay.base);
   await ready(a);
   await until("A's document list", async () => (await a.textContent('[data-testid="doc-list"]')).includes("groceries"));
-  await shot(a, "3-a-documents-on-this-device");
+  await shot(a, "03-a-documents-on-this-device");
   assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
 });
 
@@ -156,7 +168,7 @@ test("a damaged link or a wrong key shows data-testid=error and no items", async
   const message = await b.textContent('[data-testid="error"]');
   assert.match(message, /damaged|wrong/i, message);
   assert.deepEqual(await items(b), []);
-  await shot(b, "4-damaged-link-error");
+  await shot(b, "04-damaged-link-error");
   assert.equal(await b.isVisible('[data-testid="item-input"]'), false, "no document content");
 
   // A wrong key (valid, another document's key) where the document is held.
@@ -169,8 +181,7 @@ test("a damaged link or a wrong key shows data-testid=error and no items", async
 
 test("after the first visit the app reloads with the network off (service worker), with its data", async () => {
   const a = await open();
-  await a.evaluate(() => navigator.serviceWorker.ready.then(() => true));
-  await until("the service worker to control the page", () => a.evaluate(() => !!navigator.serviceWorker.controller));
+  await controlled(a);
   const link = await newDoc(a);
   await addItem(a, "offline-proof");
   await until("saved on this device", async () => /saved on this device|sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
@@ -182,7 +193,7 @@ test("after the first visit the app reloads with the network off (service worker
   await addItem(a, "added offline");
   await until("the offline item", async () => (await items(a)).length === 2);
   assert.equal(await status(a), "offline");
-  await shot(a, "5-offline-reload");
+  await shot(a, "11-offline-reload");
   await a.context().setOffline(false);
   await until("synced again once the network is back", async () => (await status(a)) === "synced");
 });
@@ -202,5 +213,66 @@ test("the relay killed and restarted: both pages converge", async () => {
   }
   assert.deepEqual(await items(a), await items(b), "identical content");
   await until("A synced after the restart", async () => (await status(a)) === "synced");
-  await shot(b, "6-converged-after-relay-restart");
+  await shot(b, "12-converged-after-relay-restart");
 });
+
+/** A copy of www/dist as another build `name` of the app (the build id in sw.js and index.html changed). */
+function buildCopy(name) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), `mycel-app-${name}-`));
+  cpSync(dist, dir, { recursive: true });
+  const sw = readFileSync(path.join(dir, "sw.js"), "utf8");
+  const id = sw.match(/const BUILD = "([^"]*)";/)?.[1];
+  assert.ok(id, "sw.js holds its build id");
+  const build = `${id}-${name}`;
+  writeFileSync(path.join(dir, "sw.js"), sw.replace(`const BUILD = "${id}";`, `const BUILD = "${build}";`));
+  const html = readFileSync(path.join(dir, "index.html"), "utf8");
+  assert.ok(html.includes(`<meta name="mycel-build" content="${id}">`), "index.html holds its build id");
+  writeFileSync(path.join(dir, "index.html"), html.replace(`<meta name="mycel-build" content="${id}">`, `<meta name="mycel-build" content="${build}">`));
+  return { dir, build };
+}
+
+test("a new build of the app is picked up on the next visit, old caches deleted, the open document keeps working", async () => {
+  const [A, B] = [buildCopy("a"), buildCopy("b")];
+  const server = new Relay(relayBin, await freePort(), ["--www", A.dir]);
+  await server.start();
+  try {
+    const a = await open(server.base);
+    await controlled(a);
+    const link = await newDoc(a);
+    await a.fill('[data-testid="title"]', "kept across updates");
+    await addItem(a, "before the update");
+    const peer = await open(link);
+    await until("the peer to show A's item", async () => (await items(peer)).length === 1);
+    assert.equal(await build(a), A.build);
+    assert.deepEqual(await cacheNames(a), [`mycel-notes-${A.build}`]);
+
+    // The server now serves build B. A's page reconnects to the relay and looks for an update.
+    await server.stop();
+    server.args = ["--www", B.dir];
+    await server.start();
+    await a.waitForSelector('[data-testid="update"]', { state: "visible", timeout: WAIT });
+    assert.equal(await build(a), A.build, "the open page keeps running the code it loaded");
+    await until("only the new build's cache is left", async () => JSON.stringify(await cacheNames(a)) === JSON.stringify([`mycel-notes-${B.build}`]));
+    // The open document keeps working under the new service worker.
+    await addItem(a, "while the update arrived");
+    await until("the peer to see it", async () => (await items(peer)).length === 2);
+    await shot(a, "14-update-installed-notice");
+
+    // The next visit runs build B, with the document intact.
+    await a.reload();
+    await ready(a);
+    assert.equal(await build(a), B.build, "the next visit runs the new build");
+    assert.equal(await a.textContent("#build"), B.build, "and says so");
+    await until("the document intact", async () => JSON.stringify(await items(a)) === JSON.stringify(["before the update", "while the update arrived"]));
+    assert.equal(await a.inputValue('[data-testid="title"]'), "kept across updates");
+    assert.equal(await a.isVisible('[data-testid="update"]'), false);
+    await addItem(a, "after the update");
+    await until("the peer to see the new build's edit", async () => (await items(peer)).length === 3);
+    await shot(a, "15-next-visit-runs-the-new-build");
+    assert.deepEqual(a.errors.filter((e) => !/WebSocket connection/.test(e)), [], "no console errors but the relay's restart");
+  } finally {
+    await server.stop();
+    for (const d of [A.dir, B.dir]) rmSync(d, { recursive: true, force: true });
+  }
+});
+
