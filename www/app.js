@@ -132,7 +132,7 @@ async function openDoc(link) {
   ui.editor.hidden = false;
   ui.share.value = doc.shareLink(base);
   const durability = { pending: false, saved: 0, sent: 0, stored: 0, copies: 0 };
-  current = { doc, durability, unsubscribe: [] };
+  current = { doc, durability, unsubscribe: [], loaded: false };
   const on = (kind, cb) => current.unsubscribe.push(doc.on(kind, cb));
   on("saved-locally", (e) => { durability.saved = Math.max(durability.saved, e.upto); durability.pending = false; renderDurability(); });
   on("sent", (e) => { durability.sent = Math.max(durability.sent, e.upto); renderDurability(); });
@@ -140,18 +140,43 @@ async function openDoc(link) {
     if (e.upto >= durability.stored) { durability.stored = e.upto; durability.copies = e.copies; }
     renderDurability();
   });
-  current.unsubscribe.push(doc.subscribe((e) => { if (!e.local) render(e.value); }));
+  current.unsubscribe.push(doc.subscribe((e) => {
+    if (e.local) return;
+    render(e.value);
+    if (Object.keys(e.value).length) setLoaded(doc);
+  }));
   render(doc.value());
   renderDurability();
   updateStatus();
-  if (!Object.keys(doc.value()).length) {
-    // Not on this device yet: wait for a peer holding it. A wrong key meets nobody.
-    doc.synced({ timeout: 15000 }).catch(() => {
+  if (Object.keys(doc.value()).length) {
+    setLoaded(doc);
+  } else {
+    // Not on this device yet: nothing is editable until it arrives (an edit
+    // made on an empty document would start a second checklist beside the
+    // real one). Wait for a peer holding it; a wrong key meets nobody.
+    setLoading();
+    doc.synced({ timeout: 10000 }).then(() => setLoaded(doc), () => {
       if (current?.doc === doc && !Object.keys(doc.value()).length) {
         showError("No one holding this document answered. The link may be wrong or damaged, or nobody who has it is online.");
       }
     });
   }
+}
+
+function setLoading() {
+  ui.fields.disabled = true;
+  ui.loading.hidden = false;
+  ui.editor.setAttribute("aria-busy", "true");
+}
+
+function setLoaded(doc) {
+  if (current?.doc !== doc || current.loaded) return;
+  current.loaded = true;
+  ui.fields.disabled = false;
+  ui.loading.hidden = true;
+  ui.editor.removeAttribute("aria-busy");
+  // How long this visit took to show a document (read by the end-to-end tests).
+  if (!performance.getEntriesByName("mycel:doc-ready").length) performance.mark("mycel:doc-ready");
 }
 
 function renderDurability() {
@@ -167,7 +192,7 @@ function renderDurability() {
 }
 
 function change(fn) {
-  if (!current) return;
+  if (!current?.loaded) return;
   current.durability.pending = true;
   try {
     current.doc.change(fn);

@@ -155,9 +155,10 @@ test("new document, items added in one page appear in another opened at the shar
   assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
 });
 
-test("a damaged link or a wrong key shows data-testid=error and no items", async () => {
+test("a damaged link, or a wrong key in a browser of its own, shows data-testid=error and no content", async () => {
   const a = await open();
   const link = await newDoc(a);
+  await a.fill('[data-testid="title"]', "secret title");
   await addItem(a, "secret item");
   await until("the item", async () => (await items(a)).length === 1);
 
@@ -171,12 +172,58 @@ test("a damaged link or a wrong key shows data-testid=error and no items", async
   await shot(b, "04-damaged-link-error");
   assert.equal(await b.isVisible('[data-testid="item-input"]'), false, "no document content");
 
-  // A wrong key (valid, another document's key) where the document is held.
+  // A wrong key (well-formed, not this document's) in a fresh browser
+  // context, while A holds the document and is online: the key decides the
+  // room, so nobody answers. The page waits without letting anyone edit,
+  // then says so, and never shows the content.
   const wrong = link.replace(/k=[A-Za-z0-9_-]+$/, "k=" + Buffer.alloc(32, 7).toString("base64url"));
+  const c = await open(wrong);
+  await c.waitForSelector('[data-testid="loading"]', { state: "visible", timeout: WAIT });
+  assert.equal(await c.isDisabled('[data-testid="item-input"]'), true, "nothing editable while waiting");
+  await shot(c, "05-wrong-key-fresh-browser-waiting");
+  await c.waitForSelector('[data-testid="error"]', { state: "visible", timeout: WAIT });
+  assert.match(await c.textContent('[data-testid="error"]'), /wrong|damaged/i);
+  assert.deepEqual(await items(c), []);
+  assert.equal(await c.isVisible('[data-testid="title"]'), false, "no document content");
+  const seen = await c.evaluate(() => document.body.innerText + [...document.querySelectorAll("input, textarea")].map((e) => e.value).join(" "));
+  assert.ok(!/secret/.test(seen), `no content of the document: ${seen}`);
+  await shot(c, "06-wrong-key-fresh-browser-error");
+  assert.deepEqual(c.errors, [], "no console errors");
+
+  // A wrong key where the document is held: refused at once.
   await a.goto(wrong);
   await a.waitForSelector('[data-testid="error"]', { state: "visible", timeout: WAIT });
   assert.match(await a.textContent('[data-testid="error"]'), /wrong/i);
   assert.deepEqual(await items(a), []);
+});
+
+test("a link opened on a fresh device shows a loading state, nothing editable, until the document arrives", async () => {
+  const a = await open();
+  const link = await newDoc(a);
+  await addItem(a, "arrives later");
+  await until("saved on this device", async () => /saved on this device|sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
+  const context = a.context();
+  await a.close(); // nobody online holds the document now
+
+  const b = await open(link);
+  await b.waitForSelector('[data-testid="loading"]', { state: "visible", timeout: WAIT });
+  for (const id of ["title", "body", "item-input", "add-item"]) {
+    assert.equal(await b.isDisabled(`[data-testid="${id}"]`), true, `${id} disabled while loading`);
+  }
+  assert.equal(await b.getAttribute("#editor", "aria-busy"), "true");
+  assert.deepEqual(await items(b), []);
+  await shot(b, "07-fresh-device-loading");
+
+  // The holder comes back: B gets the document and becomes editable.
+  const a2 = await open(link, context);
+  await until("A's item again", async () => (await items(a2)).length === 1);
+  await until("B to receive the document", async () => JSON.stringify(await items(b)) === JSON.stringify(["arrives later"]));
+  await b.waitForSelector('[data-testid="loading"]', { state: "hidden", timeout: WAIT });
+  assert.equal(await b.isDisabled('[data-testid="item-input"]'), false, "editable once loaded");
+  await addItem(b, "from B");
+  await until("A to see B's item", async () => (await items(a2)).length === 2);
+  await shot(b, "08-fresh-device-loaded");
+  assert.deepEqual([...b.errors, ...a2.errors], [], "no console errors");
 });
 
 test("after the first visit the app reloads with the network off (service worker), with its data", async () => {
