@@ -215,7 +215,51 @@ function render(v) {
   renderItems(Array.isArray(v.items) ? v.items : []);
 }
 
-function renderItems(items) {
+// ---- the checklist's order ------------------------------------------------
+//
+// Items stay in one Automerge list (added and removed with list
+// operations); their order on screen is by a number each carries, `pos`
+// (ties by id; an item without one counts its list index). Moving an item
+// puts one new `pos` on it, between its new neighbours: a single map
+// write, so a concurrent edit of the same item (its text, its check) or a
+// concurrent move of another item both survive the merge. A move done as
+// delete + re-insert would drop a concurrent edit of the moved item and
+// duplicate it when two people move it at once (Automerge 0.12 has no
+// move operation).
+const posOf = (it, i) => (typeof it.pos === "number" && Number.isFinite(it.pos) ? it.pos : i);
+function ordered(items) {
+  return Array.from(items, (it, i) => ({ it, k: posOf(it, i) }))
+    .sort((a, b) => a.k - b.k || (String(a.it.id) < String(b.it.id) ? -1 : String(a.it.id) > String(b.it.id) ? 1 : 0))
+    .map((x) => x.it);
+}
+const nextPos = (items) => Array.from(items, posOf).reduce((m, k) => Math.max(m, k + 1), 0);
+
+function move(id, delta) {
+  change((d) => {
+    if (!Array.isArray(d.items)) return;
+    const order = ordered(d.items);
+    const keys = order.map((it) => posOf(it, d.items.findIndex((x) => x.id === it.id)));
+    const at = order.findIndex((it) => it.id === id);
+    const to = at + delta;
+    if (at < 0 || to < 0 || to >= order.length) return;
+    // The keys of the neighbours the item lands between.
+    const lo = delta < 0 ? (to > 0 ? keys[to - 1] : keys[to] - 1) : keys[to];
+    const hi = delta < 0 ? keys[to] : (to + 1 < order.length ? keys[to + 1] : keys[to] + 1);
+    const mid = (lo + hi) / 2;
+    if (lo < mid && mid < hi && order.every((it) => typeof it.pos === "number")) {
+      order[at].pos = mid;
+    } else {
+      // No room between them (equal keys, or halved too often), or items
+      // without a key: number them all in the new order.
+      const [it] = order.splice(at, 1);
+      order.splice(to, 0, it);
+      order.forEach((x, i) => { if (x.pos !== i) x.pos = i; });
+    }
+  });
+}
+
+function renderItems(unordered) {
+  const items = ordered(unordered);
   const focusedId = document.activeElement?.closest?.("li")?.dataset.id;
   const focusedRole = document.activeElement?.dataset?.role;
   ui.items.replaceChildren(...items.map((item, i) => {
@@ -254,11 +298,29 @@ function renderItems(items) {
       const at = d.items.findIndex((it) => it.id === item.id);
       if (at >= 0) d.items.splice(at, 1);
     }));
-    li.append(box, input, hidden, remove);
+    const moveButton = (role, text, where, disabled) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "move";
+      b.textContent = text;
+      b.dataset.role = role;
+      b.disabled = disabled;
+      b.setAttribute("aria-label", `Move ${label} ${where}`);
+      b.title = `Move ${where}`;
+      b.addEventListener("click", () => move(item.id, role === "up" ? -1 : 1));
+      return b;
+    };
+    const up = moveButton("up", "↑", "up", i === 0);
+    const down = moveButton("down", "↓", "down", i === items.length - 1);
+    li.append(box, input, hidden, up, down, remove);
     return li;
   }));
   if (focusedId && focusedRole) {
-    ui.items.querySelector(`li[data-id="${CSS.escape(focusedId)}"] [data-role="${focusedRole}"]`)?.focus();
+    const li = ui.items.querySelector(`li[data-id="${CSS.escape(focusedId)}"]`);
+    // Keep the keyboard on the item that moved; at either end, on the move button still usable.
+    let target = li?.querySelector(`[data-role="${focusedRole}"]`);
+    if (target?.disabled) target = li.querySelector(`[data-role="${focusedRole === "up" ? "down" : "up"}"]`);
+    if (target && !target.disabled) target.focus();
   }
 }
 
@@ -284,10 +346,10 @@ ui.body.addEventListener("input", () => {
 ui.addForm.addEventListener("submit", (e) => {
   e.preventDefault();
   const t = ui.itemInput.value.trim();
-  if (!t || !current) return;
+  if (!t || !current?.loaded) return;
   change((d) => {
     if (!Array.isArray(d.items)) d.items = [];
-    d.items.push({ id: newId(), text: t, done: false });
+    d.items.push({ id: newId(), text: t, done: false, pos: nextPos(d.items) });
   });
   ui.itemInput.value = "";
   ui.itemInput.focus();
@@ -296,7 +358,7 @@ ui.addForm.addEventListener("submit", (e) => {
 // Local changes of items re-render at once (remote ones through subscribe).
 ui.items.addEventListener("change", () => queueMicrotask(() => current && renderItems(current.doc.value().items ?? [])));
 ui.items.addEventListener("click", (e) => {
-  if (e.target.dataset.role === "remove") queueMicrotask(() => current && renderItems(current.doc.value().items ?? []));
+  if (["remove", "up", "down"].includes(e.target.dataset.role)) queueMicrotask(() => current && renderItems(current.doc.value().items ?? []));
 });
 ui.copy.addEventListener("click", async () => {
   try {

@@ -226,6 +226,51 @@ test("a link opened on a fresh device shows a loading state, nothing editable, u
   assert.deepEqual([...b.errors, ...a2.errors], [], "no console errors");
 });
 
+test("checklist items reorder with labelled move buttons from the keyboard; a concurrent move and edit both survive", async () => {
+  const a = await open();
+  const link = await newDoc(a);
+  for (const t of ["one", "two", "three"]) await addItem(a, t);
+  const b = await open(link);
+  await until("B to show the three items", async () => (await items(b)).length === 3);
+
+  // Keyboard only: Tab to "Move three up", then Enter twice. Focus stays on the moved item.
+  await a.focus(`${item("three")} input.text`);
+  await a.keyboard.press("Tab"); // the hidden text hook is not focusable: next is "Move three up"
+  assert.equal(await a.evaluate(() => document.activeElement.getAttribute("aria-label")), "Move three up");
+  await a.keyboard.press("Enter");
+  await until("three moved up", async () => JSON.stringify(await items(a)) === JSON.stringify(["one", "three", "two"]));
+  assert.equal(await a.evaluate(() => document.activeElement.getAttribute("aria-label")), "Move three up", "focus follows the item");
+  await a.keyboard.press("Enter");
+  await until("three at the top", async () => JSON.stringify(await items(a)) === JSON.stringify(["three", "one", "two"]));
+  // At the top, "up" is disabled and the focus moves to "down".
+  assert.equal(await a.isDisabled(`${item("three")} [data-role="up"]`), true);
+  assert.equal(await a.evaluate(() => document.activeElement.getAttribute("aria-label")), "Move three down");
+  await until("B to show the new order", async () => JSON.stringify(await items(b)) === JSON.stringify(["three", "one", "two"]));
+  await shot(a, "09-reordered-with-the-keyboard");
+
+  // Concurrent edits while the relay is down: A moves "two" to the top;
+  // B checks "two", renames it, and moves "three" down.
+  await relay.stop();
+  await a.click(`${item("two")} [data-role="up"]`);
+  await until("A: two up", async () => JSON.stringify(await items(a)) === JSON.stringify(["three", "two", "one"]));
+  await a.click(`${item("two")} [data-role="up"]`);
+  await until("A: two at the top", async () => JSON.stringify(await items(a)) === JSON.stringify(["two", "three", "one"]));
+  await b.check(`${item("two")} input[type=checkbox]`);
+  await b.fill(`${item("two")} input.text`, "two, renamed");
+  await b.press(`${item("two")} input.text`, "Enter");
+  await until("B: renamed", async () => (await items(b)).includes("two, renamed"));
+  await b.click(`${item("three")} [data-role="down"]`);
+  await until("B: three down", async () => JSON.stringify(await items(b)) === JSON.stringify(["one", "three", "two, renamed"]));
+  await relay.start();
+  const expected = ["two, renamed", "one", "three"];
+  for (const p of [a, b]) {
+    await until("both moves and the edit merged", async () => JSON.stringify(await items(p)) === JSON.stringify(expected));
+    assert.equal(await p.isChecked(`${item("two, renamed")} input[type=checkbox]`), true, "the check of the moved item survives");
+  }
+  await shot(a, "10-concurrent-move-and-edit-merged");
+  assert.deepEqual([...a.errors, ...b.errors].filter((e) => !/WebSocket connection/.test(e)), [], "no console errors but the relay's absence");
+});
+
 test("after the first visit the app reloads with the network off (service worker), with its data", async () => {
   const a = await open();
   await controlled(a);
