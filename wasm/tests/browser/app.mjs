@@ -14,6 +14,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { Relay, freePort } from "./relay.mjs";
+import { Tap, plaintextForms } from "./tap.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dist = path.resolve(process.env.MYCEL_WWW_DIST ?? path.join(here, "../../../www/dist"));
@@ -306,6 +307,70 @@ test("the relay killed and restarted: both pages converge", async () => {
   assert.deepEqual(await items(a), await items(b), "identical content");
   await until("A synced after the restart", async () => (await status(a)) === "synced");
   await shot(b, "12-converged-after-relay-restart");
+});
+
+test("the bytes between browser and relay never hold a plaintext canary typed into the app (a TCP tap records them)", async () => {
+  const tap = new Tap(relay.port);
+  await tap.start();
+  try {
+    const canary = `canary-${random()}`;
+    const control = { url: `url-control-${random()}`, ws: `ws-control-${random()}` };
+    // Both pages load the app through the tap, so their WebSockets to the relay go through it too.
+    const a = await open(`${tap.base}?tap=${control.url}`);
+    await until("A synced through the tap", async () => (await status(a)) === "synced");
+    const link = await newDoc(a);
+    assert.ok(link.startsWith(tap.base), link);
+    await a.fill('[data-testid="title"]', canary);
+    await a.fill('[data-testid="body"]', `notes: ${canary}`);
+    await addItem(a, canary);
+    const b = await open(link);
+    await until("B to receive the canary through the tap", async () => JSON.stringify(await items(b)) === JSON.stringify([canary]));
+    assert.equal(await b.inputValue('[data-testid="title"]'), canary);
+    assert.equal(await b.inputValue('[data-testid="body"]'), `notes: ${canary}`);
+    // A live change while both are connected, and one back the other way.
+    await addItem(a, `${canary} live`);
+    await addItem(b, `${canary} from B`);
+    await until("both ways", async () => (await items(a)).length === 3 && (await items(b)).length === 3);
+    await until("A's changes sent", async () => /sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
+    await shot(b, "13-canary-synced-through-the-tap");
+
+    // Positive control of the WebSocket decoding: a page sends a string in
+    // clear to the relay through the tap (the relay refuses it; the tap saw it).
+    await a.evaluate((text) => new Promise((resolve) => {
+      const ws = new WebSocket(`ws://${location.host}/ws`);
+      ws.binaryType = "arraybuffer";
+      ws.onopen = () => { ws.send(new TextEncoder().encode(text)); setTimeout(() => { ws.close(); resolve(); }, 300); };
+      ws.onerror = () => resolve();
+    }), control.ws);
+    await new Promise((r) => setTimeout(r, 200));
+
+    const streams = tap.streams();
+    const messages = tap.messages();
+    const upBytes = streams.reduce((n, s) => n + s.up.length, 0);
+    const downBytes = streams.reduce((n, s) => n + s.down.length, 0);
+    const wsBytes = (list) => list.reduce((n, m) => n + m.length, 0);
+    console.error(`app: tap recorded ${streams.length} connections, ${upBytes} bytes browser→relay and ${downBytes} relay→browser; ` +
+      `${messages.up.length} + ${messages.down.length} WebSocket messages (${wsBytes(messages.up)} + ${wsBytes(messages.down)} payload bytes)`);
+    const has = (buffers, needle) => buffers.some((buf) => buf.includes(needle));
+    const raw = streams.flatMap((s) => [s.up, s.down]);
+    const all = [...raw, ...messages.up, ...messages.down];
+
+    // Positive controls: the tap recorded the traffic, and a search of it finds what is there.
+    assert.ok(has(raw, Buffer.from(`GET /?tap=${control.url}`)), "the tap saw the page request with its control string");
+    assert.ok(has(messages.up, Buffer.from(control.ws)), "the decoded WebSocket messages hold the string sent in clear");
+    assert.ok(!has(raw, Buffer.from(control.ws)), "(which masking hides from the raw bytes: decoding is needed)");
+    assert.ok(streams.filter((s) => /^GET \/ws /.test(s.up.subarray(0, 8).toString("latin1"))).length >= 3, "both pages' WebSockets went through the tap");
+    assert.ok(messages.up.length >= 4 && messages.down.length >= 4, "sync traffic flowed both ways through the tap");
+    assert.ok(wsBytes(messages.up) > 1000 && wsBytes(messages.down) > 1000, "enough bytes to carry the changes");
+
+    // The canary, in every form it could take in clear, is in none of it.
+    for (const [form, bytes] of plaintextForms(canary)) {
+      assert.ok(!has(all, bytes), `the canary (${form}) crossed the tap in clear`);
+    }
+    assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
+  } finally {
+    await tap.stop();
+  }
 });
 
 /** A copy of www/dist as another build `name` of the app (the build id in sw.js and index.html changed). */
