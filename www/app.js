@@ -9,6 +9,7 @@ const ui = {
   home: $("home"), editor: $("editor"), newDoc: $("new-doc"), docList: $("doc-list"), noDocs: $("no-docs"),
   share: $("share-link"), copy: $("copy-link"), durability: $("durability") ?? document.querySelector('[data-testid="durability"]'),
   title: $("title"), body: $("body"), addForm: $("add-form"), itemInput: $("item-input"), items: $("items"),
+  myName: $("my-name"), peers: $("peers"), onlyYou: $("only-you"),
   fields: $("doc-fields"), loading: $("loading"), update: document.querySelector('[data-testid="update"]'), reload: $("reload"),
 };
 // The build this page runs (stamped by `cargo xtask dist`, also in sw.js's cache name).
@@ -62,9 +63,64 @@ function clearError() {
 
 function closeCurrent() {
   if (!current) return;
+  leave();
   for (const off of current.unsubscribe) off();
   current = null;
 }
+
+// ---- who else is here (presence) -----------------------------------------
+//
+// Each browser has a name and a colour (kept in localStorage); an open
+// document announces them to its peers through the engine: sealed under the
+// document's key, signed, never stored, forgotten 30 s after the last word.
+
+const PALETTE = ["#2f6b4f", "#8a4baf", "#b5452b", "#1f6fb2", "#a66a00", "#c0307a", "#3d7d8c", "#5f6b1f"];
+const ME_KEY = "mycel-notes:me";
+function me() {
+  let v = null;
+  try { v = JSON.parse(localStorage.getItem(ME_KEY)); } catch { v = null; }
+  if (!v || typeof v.name !== "string" || !PALETTE.includes(v.colour)) {
+    const [r] = crypto.getRandomValues(new Uint16Array(1));
+    v = { name: `Guest ${r.toString(16).padStart(4, "0")}`, colour: PALETTE[r % PALETTE.length] };
+    try { localStorage.setItem(ME_KEY, JSON.stringify(v)); } catch { /* private mode: a new name per visit */ }
+  }
+  return v;
+}
+
+function announce() {
+  try { current?.doc.setPresence(me()); } catch (e) { console.warn(`presence not sent: ${e.message}`); }
+}
+
+function leave() {
+  try { current?.doc.setPresence(null); } catch { /* closed */ }
+}
+
+function renderPresence() {
+  if (!current) return;
+  const peers = current.doc.presence().filter((p) => p.state && typeof p.state.name === "string");
+  ui.peers.replaceChildren(...peers.map(({ peer, state }) => {
+    const li = document.createElement("li");
+    li.dataset.testid = "peer";
+    li.dataset.peer = peer;
+    const dot = document.createElement("span");
+    dot.className = "dot";
+    dot.setAttribute("aria-hidden", "true");
+    dot.style.background = PALETTE.includes(state.colour) ? state.colour : "#999";
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = state.name.slice(0, 40) || "(no name)";
+    li.append(dot, name);
+    return li;
+  }));
+  ui.onlyYou.hidden = peers.length > 0;
+}
+
+ui.myName.addEventListener("input", () => {
+  const name = ui.myName.value.trim().slice(0, 40);
+  try { localStorage.setItem(ME_KEY, JSON.stringify({ ...me(), name })); } catch { /* not kept */ }
+  announce();
+});
+addEventListener("pagehide", leave);
 
 // ---- sync indicator ----------------------------------------------------
 
@@ -140,6 +196,10 @@ async function openDoc(link) {
     if (e.upto >= durability.stored) { durability.stored = e.upto; durability.copies = e.copies; }
     renderDurability();
   });
+  on("presence", renderPresence);
+  ui.myName.value = me().name;
+  renderPresence();
+  announce();
   current.unsubscribe.push(doc.subscribe((e) => {
     if (e.local) return;
     render(e.value);

@@ -104,6 +104,8 @@ const cacheNames = (p) => p.evaluate(() => caches.keys());
 const item = (text) => `li:has([data-testid="item"]:text-is(${JSON.stringify(text)}))`;
 const random = () => Array.from({ length: 4 }, () => Math.random().toString(36).slice(2, 8)).join("");
 
+const peers = (p) => p.$$eval('[data-testid="presence"] [data-testid="peer"] .name', (els) => els.map((e) => e.textContent));
+
 async function newDoc(p) {
   await p.click('[data-testid="new-doc"]');
   await p.waitForURL(/#d=[A-Za-z0-9_-]+&k=[A-Za-z0-9_-]+$/, { timeout: WAIT });
@@ -323,10 +325,12 @@ test("the bytes between browser and relay never hold a plaintext canary typed in
     await a.fill('[data-testid="title"]', canary);
     await a.fill('[data-testid="body"]', `notes: ${canary}`);
     await addItem(a, canary);
+    await a.fill('[data-testid="my-name"]', canary); // presence, too
     const b = await open(link);
     await until("B to receive the canary through the tap", async () => JSON.stringify(await items(b)) === JSON.stringify([canary]));
     assert.equal(await b.inputValue('[data-testid="title"]'), canary);
     assert.equal(await b.inputValue('[data-testid="body"]'), `notes: ${canary}`);
+    await until("B to see A's name (presence) through the tap", async () => (await peers(b)).includes(canary));
     // A live change while both are connected, and one back the other way.
     await addItem(a, `${canary} live`);
     await addItem(b, `${canary} from B`);
@@ -368,6 +372,9 @@ test("the bytes between browser and relay never hold a plaintext canary typed in
       assert.ok(!has(all, bytes), `the canary (${form}) crossed the tap in clear`);
     }
     assert.deepEqual([...a.errors, ...b.errors], [], "no console errors");
+    // Closed before the tap goes, so they do not keep reconnecting to it.
+    await a.context().close();
+    await b.context().close();
   } finally {
     await tap.stop();
   }
@@ -392,6 +399,7 @@ test("a new build of the app is picked up on the next visit, old caches deleted,
   const [A, B] = [buildCopy("a"), buildCopy("b")];
   const server = new Relay(relayBin, await freePort(), ["--www", A.dir]);
   await server.start();
+  const pages = [];
   try {
     const a = await open(server.base);
     await controlled(a);
@@ -399,6 +407,7 @@ test("a new build of the app is picked up on the next visit, old caches deleted,
     await a.fill('[data-testid="title"]', "kept across updates");
     await addItem(a, "before the update");
     const peer = await open(link);
+    pages.push(a, peer);
     await until("the peer to show A's item", async () => (await items(peer)).length === 1);
     assert.equal(await build(a), A.build);
     assert.deepEqual(await cacheNames(a), [`mycel-notes-${A.build}`]);
@@ -428,6 +437,8 @@ test("a new build of the app is picked up on the next visit, old caches deleted,
     await shot(a, "15-next-visit-runs-the-new-build");
     assert.deepEqual(a.errors.filter((e) => !/WebSocket connection/.test(e)), [], "no console errors but the relay's restart");
   } finally {
+    // Closed before their server goes, so they do not keep reconnecting to it.
+    for (const p of pages) await p.context().close().catch(() => {});
     await server.stop();
     for (const d of [A.dir, B.dir]) rmSync(d, { recursive: true, force: true });
   }
@@ -461,4 +472,26 @@ test("first load after the wasm is cached: navigation start to the document show
     `median ${sorted[Math.floor(sorted.length / 2)].toFixed(0)} ms (${runs.map((r) => r.toFixed(0)).join(", ")} ms)`);
   await shot(a, "16-loaded-from-the-cache");
   assert.deepEqual(a.errors, [], "no console errors");
+});
+
+test("who else is here: each page shows the others' names and colours (sealed presence), renames follow, a page that leaves disappears", async () => {
+  const a = await open();
+  const link = await newDoc(a);
+  await a.fill('[data-testid="my-name"]', "Ada");
+  const b = await open(link);
+  await b.fill('[data-testid="my-name"]', "Bo");
+  const t0 = Date.now();
+  await until("B to see Ada", async () => JSON.stringify(await peers(b)) === JSON.stringify(["Ada"]));
+  await until("A to see Bo", async () => JSON.stringify(await peers(a)) === JSON.stringify(["Bo"]));
+  console.error(`app: presence seen both ways ${Date.now() - t0} ms after B opened the link`);
+  const colour = await b.$eval('[data-testid="peer"] .dot', (e) => getComputedStyle(e).backgroundColor);
+  assert.match(colour, /^rgb\(/, "a colour dot");
+  await a.fill('[data-testid="my-name"]', "Ada L.");
+  await until("B to see the new name", async () => JSON.stringify(await peers(b)) === JSON.stringify(["Ada L."]));
+  await shot(b, "17-who-else-is-here");
+  const errors = [...a.errors, ...b.errors];
+  await a.close();
+  await until("B to see Ada leave", async () => (await peers(b)).length === 0);
+  assert.equal(await b.isVisible("#only-you"), true);
+  assert.deepEqual([...errors, ...b.errors], [], "no console errors");
 });
