@@ -416,6 +416,7 @@ pub struct DocKeys {
     keys: BTreeMap<u32, DocKey>,
     ciphers: BTreeMap<(PeerId, u32), GcmKey>,
     transport: GcmKey,
+    presence: GcmKey,
     verifier: Verifier,
 }
 
@@ -432,6 +433,7 @@ impl DocKeys {
     /// Keys for a document whose epoch-0 key is `key`.
     pub fn new(doc: DocId, key: DocKey) -> Self {
         let room = room_id(&key, &doc);
+        let presence = presence_cipher(&key, &doc);
         let mut keys = BTreeMap::new();
         keys.insert(0, key);
         DocKeys {
@@ -440,6 +442,7 @@ impl DocKeys {
             keys,
             ciphers: BTreeMap::new(),
             transport: transport_cipher(&doc, &room),
+            presence,
             verifier: Verifier::default(),
         }
     }
@@ -698,6 +701,50 @@ impl DocKeys {
     pub fn transport(&self) -> &GcmKey {
         &self.transport
     }
+
+    /// The cipher of presence states (only holders of the key have it).
+    pub fn presence(&self) -> &GcmKey {
+        &self.presence
+    }
+}
+
+/// The cipher that seals presence states of one document:
+/// `BLAKE3-derive-key("mycel presence v1", DocKey ‖ DocId)` (epoch 0's key).
+/// Unlike the transport key, a blind pinning node cannot derive it.
+pub fn presence_cipher(key: &DocKey, doc: &DocId) -> GcmKey {
+    let mut h = blake3::Hasher::new_derive_key("mycel presence v1");
+    h.update(&key.0);
+    h.update(&doc.0);
+    GcmKey::new(h.finalize().as_bytes())
+}
+
+/// What the author of a presence message signs:
+/// `BLAKE3-derive-key("mycel presence sig v1", RoomId ‖ from ‖ seq (u64 LE) ‖ sealed)`.
+pub fn presence_digest(room: &RoomId, from: &PeerId, seq: u64, sealed: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("mycel presence sig v1");
+    h.update(room.as_bytes());
+    h.update(from.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(sealed);
+    *h.finalize().as_bytes()
+}
+
+/// Signs a presence digest ([`presence_digest`]) as `identity`.
+pub fn sign_presence(identity: &Identity, digest: &[u8; 32]) -> [u8; 64] {
+    identity.sign(digest)
+}
+
+/// Checks a presence message's signature by `from` (strict Ed25519).
+pub fn verify_presence(
+    from: &PeerId,
+    digest: &[u8; 32],
+    signature: &[u8],
+) -> Result<(), CryptoError> {
+    let key =
+        VerifyingKey::from_bytes(from.as_bytes()).map_err(|_| CryptoError::InvalidAuthorKey)?;
+    let sig = Signature::from_slice(signature).map_err(|_| CryptoError::BadSignature)?;
+    key.verify_strict(digest, &sig)
+        .map_err(|_| CryptoError::BadSignature)
 }
 
 /// The cipher that seals sync frames of one document between peers.

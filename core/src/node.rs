@@ -21,7 +21,7 @@ use minicbor::bytes::ByteVec;
 
 use crate::crypto::{
     CryptoError, DocKey, DocKeys, Identity, MAX_SEAL_BATCH, Rng, Verifier, open_transport,
-    seal_transport, transport_cipher,
+    presence_digest, seal_transport, sign_presence, transport_cipher, verify_presence,
 };
 use crate::id::{DocId, PeerId, RoomId};
 use crate::log::{DocLog, Inserted};
@@ -107,9 +107,31 @@ pub enum Input {
         doc: DocId,
         batch: u64,
     },
+    /// This replica's presence in a document ("who is here"): app bytes
+    /// such as a name and a colour, at most [`MAX_PRESENCE_STATE`] bytes;
+    /// empty to leave. Sealed under the document key, signed, sent to the
+    /// document's peers and never persisted: at most once per
+    /// [`PRESENCE_MIN_INTERVAL_MS`] (a newer state waits for the next
+    /// slot), refreshed every [`PRESENCE_REFRESH_MS`]; peers forget it
+    /// [`PRESENCE_EXPIRY_MS`] after they last heard it.
+    SetPresence {
+        doc: DocId,
+        state: Vec<u8>,
+    },
     /// A timer the node asked for ([`Output::WakeAt`]) fired, or any time.
     Tick,
 }
+
+/// Presence messages of one document are sent at most this often.
+pub const PRESENCE_MIN_INTERVAL_MS: u64 = 1_000;
+/// A presence state is sent again this often while it is set.
+pub const PRESENCE_REFRESH_MS: u64 = 10_000;
+/// A peer's presence is forgotten this long after its last message.
+pub const PRESENCE_EXPIRY_MS: u64 = 30_000;
+/// The largest presence state (before sealing).
+pub const MAX_PRESENCE_STATE: usize = 1_024;
+/// At most this many peers' presence is kept per document.
+const MAX_PRESENCE_PEERS: usize = 256;
 
 /// What the node asks the host to do.
 #[derive(Debug, Clone)]
@@ -148,6 +170,14 @@ pub enum Event {
         doc: DocId,
         upto: u64,
         copies: usize,
+    },
+    /// A peer's presence state in a document changed or was refreshed
+    /// (see [`Input::SetPresence`]); empty when the peer left or was not
+    /// heard for [`PRESENCE_EXPIRY_MS`].
+    Presence {
+        doc: DocId,
+        peer: PeerId,
+        state: Vec<u8>,
     },
     /// A peer introduced itself in a document's room.
     PeerSeen {
@@ -287,6 +317,25 @@ struct DocState {
     pinned_by: BTreeMap<PeerId, u64>,
     /// stored_remotely[k-1] = highest own seq held by >= k pinners (as last reported).
     stored_reported: Vec<u64>,
+    /// This replica's presence state, while set.
+    own_presence: Option<OwnPresence>,
+    /// Peers' presence: state, seq, when last heard.
+    presence: BTreeMap<PeerId, PeerPresence>,
+}
+
+#[derive(Debug)]
+struct OwnPresence {
+    state: Vec<u8>,
+    last_sent: Option<Timestamp>,
+    /// A newer state, or a new peer, waits for the next slot.
+    pending: bool,
+}
+
+#[derive(Debug)]
+struct PeerPresence {
+    state: Vec<u8>,
+    seq: u64,
+    heard: Timestamp,
 }
 
 impl fmt::Debug for DocState {
@@ -330,6 +379,11 @@ pub struct Node {
     wake_at: Option<Timestamp>,
     stats: NodeStats,
     verifier: Verifier,
+    /// The seq of this replica's last presence message: a random
+    /// incarnation (high 32 bits, new at every start) and a counter;
+    /// drawn at the first presence message (so nodes that never send one
+    /// use their randomness exactly as before).
+    presence_seq: Option<u64>,
 }
 
 impl fmt::Debug for Node {
@@ -358,6 +412,7 @@ impl Node {
             wake_at: None,
             stats: NodeStats::default(),
             verifier: Verifier::default(),
+            presence_seq: None,
         }
     }
 
@@ -412,6 +467,8 @@ impl Node {
             sent_upto: 0,
             pinned_by: BTreeMap::new(),
             stored_reported: Vec::new(),
+            own_presence: None,
+            presence: BTreeMap::new(),
         };
         let me = self.identity.peer_id();
         let mut changes = Vec::new();
@@ -487,6 +544,18 @@ impl Node {
         })
     }
 
+    /// The presence states of the peers of a document heard from in the
+    /// last [`PRESENCE_EXPIRY_MS`] (see [`Input::SetPresence`]).
+    pub fn presence(&self, doc: DocId) -> Vec<(PeerId, Vec<u8>)> {
+        self.docs.get(&doc).map_or_else(Vec::new, |d| {
+            d.presence
+                .iter()
+                .filter(|(_, p)| !p.state.is_empty())
+                .map(|(peer, p)| (*peer, p.state.clone()))
+                .collect()
+        })
+    }
+
     /// Sync status with each peer met in a document's room.
     pub fn sync_status(&self, doc: DocId) -> Vec<PeerSync> {
         let Some(d) = self.docs.get(&doc) else {
@@ -535,6 +604,7 @@ impl Node {
             Input::LocalChange { doc, change } => self.on_local_change(doc, &change),
             Input::LocalChanges { doc, changes } => self.on_local_changes(doc, &changes),
             Input::Persisted { doc, batch } => self.on_persisted(doc, batch),
+            Input::SetPresence { doc, state } => self.on_set_presence(doc, state),
             Input::Tick => {
                 self.on_tick();
                 Ok(())
@@ -712,11 +782,31 @@ impl Node {
                 }
             }
             RelayEvent::PeerLeft { room, peer } => {
-                if let Some(doc) = self.rooms.get(&room).and_then(|d| self.docs.get_mut(d)) {
-                    doc.sessions.remove(&Route {
+                let Some(&doc) = self.rooms.get(&room) else {
+                    return Ok(());
+                };
+                let Some(state) = self.docs.get_mut(&doc) else {
+                    return Ok(());
+                };
+                let gone = state
+                    .sessions
+                    .remove(&Route {
                         link,
                         tag: Some(peer),
-                    });
+                    })
+                    .and_then(|s| s.remote_peer);
+                // Its presence leaves with it (no need to wait for expiry).
+                if let Some(p) = gone
+                    && state
+                        .presence
+                        .remove(&p)
+                        .is_some_and(|p| !p.state.is_empty())
+                {
+                    self.outputs.push_back(Output::Event(Event::Presence {
+                        doc,
+                        peer: p,
+                        state: Vec::new(),
+                    }));
                 }
             }
             RelayEvent::Message {
@@ -775,7 +865,224 @@ impl Node {
                 self.pump(doc, route);
                 Ok(())
             }
+            SyncMessage::Presence {
+                from,
+                seq,
+                sealed,
+                signature,
+            } => self.on_presence(doc, from, seq, &sealed, &signature),
         }
+    }
+
+    // ---- presence ----------------------------------------------------
+
+    fn on_set_presence(&mut self, doc: DocId, state: Vec<u8>) -> Result<(), NodeError> {
+        if state.len() > MAX_PRESENCE_STATE {
+            return Err(CryptoError::TooLarge {
+                len: state.len(),
+                max: MAX_PRESENCE_STATE,
+            }
+            .into());
+        }
+        let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        if d.keys.is_none() {
+            return Err(NodeError::Blind(doc));
+        }
+        match d.own_presence.as_mut() {
+            Some(own) => {
+                own.state = state;
+                own.pending = true;
+            }
+            None if state.is_empty() => return Ok(()),
+            None => {
+                d.own_presence = Some(OwnPresence {
+                    state,
+                    last_sent: None,
+                    pending: true,
+                })
+            }
+        }
+        self.presence_if_due(doc);
+        Ok(())
+    }
+
+    /// Sends this replica's presence in `doc` if a message is due now.
+    fn presence_if_due(&mut self, doc: DocId) {
+        let now = self.now;
+        let due = self
+            .docs
+            .get(&doc)
+            .and_then(|d| d.own_presence.as_ref())
+            .is_some_and(|o| o.next_send().is_none_or(|t| t <= now));
+        if due {
+            self.send_presence(doc);
+        }
+    }
+
+    fn send_presence(&mut self, doc: DocId) {
+        let me = self.identity.peer_id();
+        let now = self.now;
+        let seq = match self.presence_seq {
+            Some(s) => s + 1,
+            None => ((self.rng.u64() >> 32) << 32) + 1,
+        };
+        self.presence_seq = Some(seq);
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let (Some(keys), Some(own)) = (d.keys.as_ref(), d.own_presence.as_mut()) else {
+            return;
+        };
+        own.last_sent = Some(now);
+        own.pending = false;
+        let sealed = seal_transport(keys.presence(), &d.room, &own.state, &mut self.rng);
+        let signature = sign_presence(&self.identity, &presence_digest(&d.room, &me, seq, &sealed));
+        if own.state.is_empty() {
+            // Left: nothing more to refresh.
+            d.own_presence = None;
+        }
+        let msg = SyncMessage::Presence {
+            from: me,
+            seq,
+            sealed: ByteVec::from(sealed),
+            signature: ByteVec::from(signature.to_vec()),
+        };
+        self.broadcast(doc, &msg);
+    }
+
+    /// Sends `msg` to every peer of `doc`: one publish per joined relay
+    /// room, and each direct link.
+    fn broadcast(&mut self, doc: DocId, msg: &SyncMessage) {
+        let Some(d) = self.docs.get(&doc) else {
+            return;
+        };
+        let room = d.room;
+        let direct: Vec<Route> = d
+            .sessions
+            .keys()
+            .filter(|r| r.tag.is_none())
+            .copied()
+            .collect();
+        let relay_links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Membership::Joined(_))))
+            .map(|(id, _)| *id)
+            .collect();
+        let plain = encode_frame(msg);
+        for link in relay_links {
+            let sealed = seal_transport(&d.transport, &room, &plain, &mut self.rng);
+            let bytes = encode_frame(&RelayRequest::Publish {
+                room,
+                payload: ByteVec::from(sealed),
+            });
+            self.stats.frames_out += 1;
+            self.stats.bytes_out += bytes.len() as u64;
+            self.outputs.push_back(Output::Send { link, bytes });
+        }
+        for r in direct {
+            self.send_sync(doc, r, msg);
+        }
+    }
+
+    fn on_presence(
+        &mut self,
+        doc: DocId,
+        from: PeerId,
+        seq: u64,
+        sealed: &[u8],
+        signature: &[u8],
+    ) -> Result<(), NodeError> {
+        if from == self.identity.peer_id() {
+            return Ok(());
+        }
+        let now = self.now;
+        let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        // A blind pinning node cannot read presence, and keeps none.
+        let Some(keys) = d.keys.as_ref() else {
+            return Ok(());
+        };
+        let max = MAX_PRESENCE_STATE + 12 + 16;
+        if sealed.len() > max {
+            return Err(CryptoError::TooLarge {
+                len: sealed.len(),
+                max,
+            }
+            .into());
+        }
+        // An older message of the same incarnation (reordered or replayed) is dropped.
+        if let Some(p) = d.presence.get(&from)
+            && p.seq >> 32 == seq >> 32
+            && seq <= p.seq
+        {
+            return Ok(());
+        }
+        verify_presence(
+            &from,
+            &presence_digest(&d.room, &from, seq, sealed),
+            signature,
+        )?;
+        let state = open_transport(keys.presence(), &d.room, sealed)?;
+        if state.len() > MAX_PRESENCE_STATE {
+            return Err(CryptoError::TooLarge {
+                len: state.len(),
+                max: MAX_PRESENCE_STATE,
+            }
+            .into());
+        }
+        if state.is_empty() {
+            if d.presence
+                .remove(&from)
+                .is_some_and(|p| !p.state.is_empty())
+            {
+                self.outputs.push_back(Output::Event(Event::Presence {
+                    doc,
+                    peer: from,
+                    state,
+                }));
+            }
+            return Ok(());
+        }
+        if !d.presence.contains_key(&from) && d.presence.len() >= MAX_PRESENCE_PEERS {
+            return Ok(());
+        }
+        d.presence.insert(
+            from,
+            PeerPresence {
+                state: state.clone(),
+                seq,
+                heard: now,
+            },
+        );
+        self.outputs.push_back(Output::Event(Event::Presence {
+            doc,
+            peer: from,
+            state,
+        }));
+        Ok(())
+    }
+
+    /// Presence work of a tick: sends what is due, forgets peers not heard.
+    fn presence_tick(&mut self, doc: DocId) {
+        let now = self.now;
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let expired: Vec<PeerId> = d
+            .presence
+            .iter()
+            .filter(|(_, p)| now.since(p.heard) >= PRESENCE_EXPIRY_MS)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            d.presence.remove(&peer);
+            self.outputs.push_back(Output::Event(Event::Presence {
+                doc,
+                peer,
+                state: Vec::new(),
+            }));
+        }
+        self.presence_if_due(doc);
     }
 
     fn on_have(
@@ -790,6 +1097,10 @@ impl Node {
         let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         let session = state.sessions.entry(route).or_default();
         let first = !session.have_received();
+        if first && let Some(own) = state.own_presence.as_mut() {
+            // A new peer hears who is here at the next slot, not the next refresh.
+            own.pending = true;
+        }
         let pinned_upto = vector.get(&me);
         session.on_have(from, vector, pinning);
         if first {
@@ -1202,6 +1513,7 @@ impl Node {
             for r in rewound {
                 self.pump(doc, r);
             }
+            self.presence_tick(doc);
         }
     }
 
@@ -1220,13 +1532,34 @@ impl Node {
                 Membership::Joining(since) => Some(since.plus(JOIN_RETRY_MS)),
                 Membership::Joined(_) => None,
             });
-        let next = sessions.chain(joins).min();
+        let presence = self.docs.values().flat_map(|d| {
+            let own = d.own_presence.as_ref().and_then(OwnPresence::next_send);
+            let expiry = d
+                .presence
+                .values()
+                .map(|p| p.heard.plus(PRESENCE_EXPIRY_MS))
+                .min();
+            own.into_iter().chain(expiry)
+        });
+        let next = sessions.chain(joins).chain(presence).min();
         if next != self.wake_at {
             self.wake_at = next;
             if let Some(t) = next {
                 self.outputs.push_back(Output::WakeAt(t));
             }
         }
+    }
+}
+
+impl OwnPresence {
+    /// When the next message is due (`None`: now, it was never sent).
+    fn next_send(&self) -> Option<Timestamp> {
+        let last = self.last_sent?;
+        Some(last.plus(if self.pending {
+            PRESENCE_MIN_INTERVAL_MS
+        } else {
+            PRESENCE_REFRESH_MS
+        }))
     }
 }
 
@@ -1247,4 +1580,306 @@ fn chunk_by_bytes(envs: &[Envelope], max: usize) -> Vec<&[Envelope]> {
         out.push(&envs[start..]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    const LINK: LinkId = LinkId(1);
+
+    fn node(seed: u8) -> Node {
+        let mut rng = Rng::from_seed([seed; 32]);
+        Node::new(
+            Identity::generate(&mut rng),
+            NodeConfig::default(),
+            rng.array(),
+        )
+    }
+
+    /// Moves every frame `from` sends to `to` (over LINK); returns the
+    /// frames moved and `to`'s presence events.
+    fn deliver(now: Timestamp, from: &mut Node, to: &mut Node) -> (Vec<Vec<u8>>, Vec<Event>) {
+        let mut frames = Vec::new();
+        while let Some(out) = from.poll() {
+            if let Output::Send { bytes, .. } = out {
+                frames.push(bytes);
+            }
+        }
+        for bytes in &frames {
+            to.handle(
+                now,
+                Input::Received {
+                    link: LINK,
+                    bytes: bytes.clone(),
+                },
+            )
+            .unwrap();
+        }
+        let mut events = Vec::new();
+        while let Some(out) = to.poll() {
+            if let Output::Event(e @ Event::Presence { .. }) = out {
+                events.push(e);
+            }
+        }
+        (frames, events)
+    }
+
+    /// Two nodes holding one document over a direct link, past the first `Have`s.
+    fn pair(doc: DocId, key: &DocKey) -> (Node, Node) {
+        let now = Timestamp(0);
+        let (mut a, mut b) = (node(1), node(2));
+        for n in [&mut a, &mut b] {
+            n.open_doc(now, doc, DocAccess::Full(key.clone()), [])
+                .unwrap();
+            n.handle(
+                now,
+                Input::LinkUp {
+                    link: LINK,
+                    kind: LinkKind::Direct,
+                },
+            )
+            .unwrap();
+        }
+        for _ in 0..3 {
+            deliver(now, &mut a, &mut b);
+            deliver(now, &mut b, &mut a);
+        }
+        (a, b)
+    }
+
+    fn presence(doc: DocId, peer: PeerId, state: &[u8]) -> Event {
+        Event::Presence {
+            doc,
+            peer,
+            state: state.to_vec(),
+        }
+    }
+
+    #[test]
+    fn presence_is_sealed_signed_rate_limited_refreshed_and_expires() {
+        let doc = DocId([7; 16]);
+        let key = DocKey::from_bytes([8; 32]);
+        let (mut a, mut b) = pair(doc, &key);
+        let pa = a.peer_id();
+        let t = Timestamp(1_000);
+        let state = br##"{"name":"Ada","colour":"#2f6b4f"}"##;
+        a.handle(
+            t,
+            Input::SetPresence {
+                doc,
+                state: state.to_vec(),
+            },
+        )
+        .unwrap();
+        let (frames, events) = deliver(t, &mut a, &mut b);
+        assert_eq!(events, vec![presence(doc, pa, state)]);
+        assert_eq!(b.presence(doc), vec![(pa, state.to_vec())]);
+        // Sealed: the state is in no frame in clear.
+        assert!(frames.iter().all(|f| !f.windows(3).any(|w| w == b"Ada")));
+
+        // Rate limit: two more states within the second send nothing now;
+        // the latest goes out one second after the last message.
+        for s in [&b"one"[..], b"two"] {
+            a.handle(
+                t.plus(100),
+                Input::SetPresence {
+                    doc,
+                    state: s.to_vec(),
+                },
+            )
+            .unwrap();
+        }
+        let (frames, _) = deliver(t.plus(100), &mut a, &mut b);
+        assert!(frames.is_empty(), "no message within the interval");
+        a.handle(t.plus(PRESENCE_MIN_INTERVAL_MS), Input::Tick)
+            .unwrap();
+        let (frames, events) = deliver(t.plus(PRESENCE_MIN_INTERVAL_MS), &mut a, &mut b);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(events, vec![presence(doc, pa, b"two")]);
+
+        // A replayed (older) message is dropped; a tampered one is refused.
+        let t2 = t.plus(PRESENCE_MIN_INTERVAL_MS);
+        b.handle(
+            t2,
+            Input::Received {
+                link: LINK,
+                bytes: frames[0].clone(),
+            },
+        )
+        .unwrap();
+        assert!(
+            !core::iter::from_fn(|| b.poll())
+                .any(|o| matches!(o, Output::Event(Event::Presence { .. })))
+        );
+        assert_eq!(b.presence(doc), vec![(pa, b"two".to_vec())]);
+
+        // Refreshed every 10 s while set.
+        let t3 = t2.plus(PRESENCE_REFRESH_MS);
+        a.handle(t3, Input::Tick).unwrap();
+        let (frames, events) = deliver(t3, &mut a, &mut b);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(events, vec![presence(doc, pa, b"two")]);
+
+        // Not heard for 30 s: forgotten, with an event saying so.
+        let t4 = t3.plus(PRESENCE_EXPIRY_MS);
+        b.handle(t4, Input::Tick).unwrap();
+        let gone: Vec<Event> = core::iter::from_fn(|| b.poll())
+            .filter_map(|o| match o {
+                Output::Event(e @ Event::Presence { .. }) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(gone, vec![presence(doc, pa, b"")]);
+        assert!(b.presence(doc).is_empty());
+
+        // Back, then leaving explicitly.
+        a.handle(t4, Input::Tick).unwrap();
+        let (_, events) = deliver(t4, &mut a, &mut b);
+        assert_eq!(events, vec![presence(doc, pa, b"two")]);
+        let t5 = t4.plus(PRESENCE_MIN_INTERVAL_MS);
+        a.handle(
+            t5,
+            Input::SetPresence {
+                doc,
+                state: Vec::new(),
+            },
+        )
+        .unwrap();
+        let (_, events) = deliver(t5, &mut a, &mut b);
+        assert_eq!(events, vec![presence(doc, pa, b"")]);
+        assert!(b.presence(doc).is_empty());
+        // Nothing more to refresh.
+        a.handle(t5.plus(PRESENCE_REFRESH_MS), Input::Tick).unwrap();
+        let (frames, _) = deliver(t5.plus(PRESENCE_REFRESH_MS), &mut a, &mut b);
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn presence_with_a_bad_signature_or_another_key_is_refused() {
+        let doc = DocId([7; 16]);
+        let key = DocKey::from_bytes([8; 32]);
+        let (mut a, mut b) = pair(doc, &key);
+        let t = Timestamp(1_000);
+        let room = a.room(doc).unwrap();
+        let transport = transport_cipher(&doc, &room);
+        let mut rng = Rng::from_seed([9; 32]);
+        // A presence message signed by A but altered after signing.
+        a.handle(
+            t,
+            Input::SetPresence {
+                doc,
+                state: b"Ada".to_vec(),
+            },
+        )
+        .unwrap();
+        let frame = core::iter::from_fn(|| a.poll())
+            .find_map(|o| match o {
+                Output::Send { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .unwrap();
+        let direct: DirectFrame = decode_frame(&frame, MAX_PRESENCE_STATE * 64).unwrap();
+        let plain = open_transport(&transport, &room, &direct.sealed).unwrap();
+        let SyncMessage::Presence {
+            from,
+            seq,
+            sealed,
+            signature,
+        } = decode_frame(&plain, 1 << 16).unwrap()
+        else {
+            panic!("not a presence message");
+        };
+        let resend = |b: &mut Node, msg: &SyncMessage, rng: &mut Rng| {
+            let bytes = encode_frame(&DirectFrame {
+                room,
+                sealed: ByteVec::from(seal_transport(&transport, &room, &encode_frame(msg), rng)),
+            });
+            b.handle(t, Input::Received { link: LINK, bytes })
+        };
+        let mut tampered = sealed.to_vec();
+        tampered[20] ^= 1;
+        let bad = SyncMessage::Presence {
+            from,
+            seq,
+            sealed: ByteVec::from(tampered),
+            signature: signature.clone(),
+        };
+        assert_eq!(
+            resend(&mut b, &bad, &mut rng),
+            Err(NodeError::Crypto(CryptoError::BadSignature))
+        );
+        // Signed correctly by someone holding only the transport key (a
+        // blind node), sealed under another presence key: refused.
+        let other = crate::crypto::presence_cipher(&DocKey::from_bytes([1; 32]), &doc);
+        let sealed = seal_transport(&other, &room, b"Eve", &mut rng);
+        let eve = Identity::generate(&mut rng);
+        let seq = 1;
+        let signature = sign_presence(&eve, &presence_digest(&room, &eve.peer_id(), seq, &sealed));
+        let forged = SyncMessage::Presence {
+            from: eve.peer_id(),
+            seq,
+            sealed: ByteVec::from(sealed),
+            signature: ByteVec::from(signature.to_vec()),
+        };
+        assert_eq!(
+            resend(&mut b, &forged, &mut rng),
+            Err(NodeError::Crypto(CryptoError::TransportOpen))
+        );
+        assert!(b.presence(doc).is_empty());
+        assert!(
+            !core::iter::from_fn(|| b.poll())
+                .any(|o| matches!(o, Output::Event(Event::Presence { .. })))
+        );
+    }
+
+    #[test]
+    fn a_blind_node_forwards_nothing_it_cannot_read_and_keeps_no_presence() {
+        let doc = DocId([7; 16]);
+        let key = DocKey::from_bytes([8; 32]);
+        let now = Timestamp(0);
+        let room = crate::crypto::room_id(&key, &doc);
+        let mut a = node(1);
+        let mut pin = node(3);
+        a.open_doc(now, doc, DocAccess::Full(key.clone()), [])
+            .unwrap();
+        pin.open_doc(now, doc, DocAccess::Blind(room), []).unwrap();
+        for n in [&mut a, &mut pin] {
+            n.handle(
+                now,
+                Input::LinkUp {
+                    link: LINK,
+                    kind: LinkKind::Direct,
+                },
+            )
+            .unwrap();
+        }
+        for _ in 0..3 {
+            deliver(now, &mut a, &mut pin);
+            deliver(now, &mut pin, &mut a);
+        }
+        a.handle(
+            now,
+            Input::SetPresence {
+                doc,
+                state: b"Ada".to_vec(),
+            },
+        )
+        .unwrap();
+        let (frames, events) = deliver(now, &mut a, &mut pin);
+        assert_eq!(frames.len(), 1);
+        assert!(events.is_empty());
+        assert!(pin.presence(doc).is_empty());
+        assert_eq!(
+            pin.handle(
+                now,
+                Input::SetPresence {
+                    doc,
+                    state: b"x".to_vec()
+                }
+            ),
+            Err(NodeError::Blind(doc))
+        );
+    }
 }

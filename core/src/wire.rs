@@ -614,6 +614,23 @@ pub enum SyncMessage {
         #[n(0)]
         batch: u64,
     },
+    /// Who is here: the sender's presence state (app bytes, e.g. a name
+    /// and a colour) sealed under the document's presence key, signed by
+    /// `from`; never stored. `seq` grows with every message of the sender
+    /// (older ones are dropped); an empty state means "gone".
+    #[n(3)]
+    Presence {
+        #[n(0)]
+        from: PeerId,
+        #[n(1)]
+        seq: u64,
+        /// `nonce ‖ AES-256-GCM(presence key, state, aad = RoomId)`.
+        #[n(2)]
+        sealed: ByteVec,
+        /// Ed25519 by `from` over `crypto::presence_digest`.
+        #[n(3)]
+        signature: ByteVec,
+    },
 }
 
 /// Encodes `[WIRE_VERSION, msg]`.

@@ -80,6 +80,19 @@ export interface PeerSeen {
   pinning: boolean;
 }
 
+/** A peer's presence in a document; `state` is `null` when it left or was not heard for 30 s. */
+export interface PresenceEvent {
+  doc: string;
+  peer: string;
+  state: Value | null;
+}
+
+/** A peer here now (see `DocHandle.presence()`). */
+export interface PeerPresence {
+  peer: string;
+  state: Value;
+}
+
 export interface DocEvents {
   /** The change is in IndexedDB: a write transaction with strict durability completed. */
   "saved-locally": SavedLocally;
@@ -89,6 +102,8 @@ export interface DocEvents {
   "stored-remotely": StoredRemotely;
   peer: PeerSeen;
   change: { doc: string; patches: Patch[]; local: boolean };
+  /** A peer's presence was set, refreshed (every 10 s), or is gone (`state: null`). */
+  presence: PresenceEvent;
 }
 
 export interface DocStatus {
@@ -127,6 +142,16 @@ export class DocHandle<T = { [key: string]: Value }> {
   change(fn: (draft: T) => void): T;
   /** Calls `cb` after every change, local or remote. Returns an unsubscribe function. */
   subscribe(cb: (event: ChangeEvent<T>) => void): () => void;
+  /**
+   * Sets this tab's presence ("who is here"): a JSON value such as
+   * `{ name, colour }`, at most 1 KiB as JSON; `null` to leave. Sealed
+   * under the document key, signed, sent to the document's peers, never
+   * stored; sent at most once a second (the latest wins), refreshed every
+   * 10 s, forgotten by peers 30 s after they last heard it.
+   */
+  setPresence(state: Value | null): void;
+  /** The peers here (heard from in the last 30 s). */
+  presence(): PeerPresence[];
   on<K extends keyof DocEvents>(event: K, cb: (event: DocEvents[K]) => void): () => void;
   /** The link that opens this document elsewhere; the key is in the `#` fragment. */
   shareLink(base?: string): string;

@@ -240,7 +240,20 @@ async function waitSynced(id, status, { timeout = 10_000, peers = 1 } = {}) {
   }
 }
 
-const DOC_EVENTS = new Set(["saved-locally", "sent", "stored-remotely", "peer", "change"]);
+const DOC_EVENTS = new Set(["saved-locally", "sent", "stored-remotely", "peer", "change", "presence"]);
+
+// Presence states travel as text (JSON); an empty or unreadable one is "gone" (null).
+function presenceState(text) {
+  if (typeof text !== "string" || text === "") return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+function presenceText(state) {
+  return state === null || state === undefined ? "" : JSON.stringify(state);
+}
 
 class Listeners {
   #map = new Map();
@@ -303,6 +316,24 @@ export class DocHandle {
   /** Calls `cb({ value, patches, local })` after every change, local or remote. Returns an unsubscribe function. */
   subscribe(cb) {
     return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
+  }
+
+  /**
+   * Sets this tab's presence in the document ("who is here"): any JSON
+   * value, e.g. `{ name, colour }`, at most 1 KiB as JSON; `null` to leave.
+   * Sealed under the document key, signed, sent to the document's peers,
+   * never stored. Sent at most once a second (the latest wins), refreshed
+   * every 10 s; peers forget it 30 s after they last heard it.
+   */
+  setPresence(state) {
+    call(() => this.#repo._engine().setPresence(this.#id, presenceText(state)));
+  }
+
+  /** The peers here (heard from in the last 30 s): `[{ peer, state }]`. */
+  presence() {
+    return call(() => this.#repo._engine().presence(this.#id))
+      .map(({ peer, state }) => ({ peer, state: presenceState(state) }))
+      .filter((p) => p.state !== null);
   }
 
   // Operations recorded elsewhere (a page whose engine runs in a worker).
@@ -403,7 +434,8 @@ export class Repo {
     this.#scheduled = false;
     const events = this.#queue;
     this.#queue = [];
-    for (const [kind, payload] of events) {
+    for (let [kind, payload] of events) {
+      if (kind === "presence") payload = { ...payload, state: presenceState(payload.state) };
       if (payload && typeof payload.doc === "string") {
         this.#handles.get(payload.doc)?._fire(kind, payload);
       }
@@ -502,6 +534,7 @@ class WorkerDocHandle {
   #id;
   #links;
   #value;
+  #presence = new Map();
   #listeners = new Listeners();
 
   constructor(repo, info) {
@@ -534,6 +567,15 @@ class WorkerDocHandle {
   subscribe(cb) {
     return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
   }
+  setPresence(state) {
+    const text = presenceText(state);
+    this.#repo._request("setPresence", [this.#id, text]).catch((e) => {
+      this.#repo._fire("error", { doc: this.#id, name: e.name, message: e.message });
+    });
+  }
+  presence() {
+    return [...this.#presence].map(([peer, state]) => ({ peer, state }));
+  }
   on(event, cb) {
     if (!DOC_EVENTS.has(event)) throw new TypeError(`unknown document event ${JSON.stringify(event)}`);
     return this.#listeners.on(event, cb);
@@ -554,6 +596,10 @@ class WorkerDocHandle {
   }
   _fire(kind, payload, value) {
     if (value !== undefined) this.#value = deepFreeze(value);
+    if (kind === "presence") {
+      if (payload.state === null) this.#presence.delete(payload.peer);
+      else this.#presence.set(payload.peer, payload.state);
+    }
     this.#listeners.fire(kind, payload);
   }
 }

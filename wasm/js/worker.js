@@ -7,7 +7,7 @@ import { Repo } from "./index.js";
 
 let repo = null;
 let ticker = null;
-const KINDS = ["saved-locally", "sent", "stored-remotely", "peer", "change", "status", "warning", "error"];
+const KINDS = ["saved-locally", "sent", "stored-remotely", "peer", "change", "presence", "status", "warning", "error"];
 
 const status = () => (repo ? repo.status : undefined);
 const describe = (h) => ({ id: h.id, shareLink: h.shareLink(), pinLink: h.pinLink(), value: h.value() });
@@ -36,6 +36,9 @@ async function handle(method, args) {
       return null;
     case "value":
       return repo._handle(args[0]).value();
+    case "setPresence":
+      repo._handle(args[0]).setPresence(args[1] === "" ? null : JSON.parse(args[1]));
+      return null;
     case "flush":
       return repo.flush();
     case "close":

@@ -370,6 +370,14 @@ impl Inner {
                     ("pinning", pinning.into()),
                 ]),
             ),
+            Event::Presence { doc, peer, state } => self.emit(
+                "presence",
+                obj(&[
+                    ("doc", doc.to_string().into()),
+                    ("peer", peer.to_string().into()),
+                    ("state", String::from_utf8_lossy(&state).into_owned().into()),
+                ]),
+            ),
             Event::Changed { doc } => self.notify_change(doc, false),
             Event::Rejected { doc, reason } => {
                 self.warn(Some(doc), &format!("refused data from a peer: {reason}"))
@@ -957,6 +965,39 @@ impl Engine {
         i.notify_change(doc, true);
         i.drain();
         Ok(())
+    }
+
+    /// Sets this tab's presence in a document (the app's text, e.g. JSON
+    /// with a name and a colour; empty to leave): sealed under the
+    /// document key, signed, sent to its peers, never stored.
+    #[wasm_bindgen(js_name = setPresence)]
+    pub fn set_presence(&self, doc: &str, state: &str) -> Result<(), JsValue> {
+        let doc = parse_doc(doc)?;
+        let mut i = self.inner()?;
+        i.check_open()?;
+        let now = i.now();
+        let input = Input::SetPresence {
+            doc,
+            state: state.as_bytes().to_vec(),
+        };
+        i.replica.handle(now, input).map_err(HostError::from)?;
+        i.drain();
+        Ok(())
+    }
+
+    /// The presence of the peers of a document heard from in the last
+    /// 30 s: `[{ peer, state }]`.
+    pub fn presence(&self, doc: &str) -> Result<JsValue, JsValue> {
+        let doc = parse_doc(doc)?;
+        let i = self.inner()?;
+        let list = js_sys::Array::new();
+        for (peer, state) in i.replica.node().presence(doc) {
+            list.push(&obj(&[
+                ("peer", peer.to_string().into()),
+                ("state", String::from_utf8_lossy(&state).into_owned().into()),
+            ]));
+        }
+        Ok(list.into())
     }
 
     /// Online state, relay, and per document the peers met and whether

@@ -251,6 +251,77 @@ pub fn www(ctx: &Ctx) -> Result {
     } else {
         println!("--> no wasm/pkg (npm package not built): www/dist/pkg left out");
     }
+    let build = build_id(&dist)?;
+    stamp_build(&dist, &build)?;
+    println!("--> www/dist is build {build} (service worker cache mycel-notes-{build})");
+    Ok(())
+}
+
+/// The marks in www/ that [`stamp_build`] replaces with the build id: the
+/// service worker's cache name (a new build is a new cache, installed whole
+/// beside the old one) and the page's own record of what it runs.
+const BUILD_MARKS: &[(&str, &str, &str)] = &[
+    ("sw.js", "const BUILD = \"dev\";", "const BUILD = \"{}\";"),
+    (
+        "index.html",
+        "<meta name=\"mycel-build\" content=\"dev\">",
+        "<meta name=\"mycel-build\" content=\"{}\">",
+    ),
+];
+
+/// A name for the content of the web app in `dir`: 64-bit FNV-1a over every
+/// file's relative path and bytes, in path order (any change to any file
+/// gives another build, so browsers install it; the same files give the
+/// same build, so rebuilding changes nothing for them).
+fn build_id(dir: &Path) -> Result<String> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) -> Result {
+        let entries = fs::read_dir(dir).map_err(|e| io_err("cannot read", dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("cannot read", dir, e))?;
+            let name = format!("{rel}{}", entry.file_name().to_string_lossy());
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, &format!("{name}/"), out)?;
+            } else {
+                out.push((name, path));
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, path) in &files {
+        let bytes = fs::read(path).map_err(|e| io_err("cannot read", path, e))?;
+        eat(name.as_bytes());
+        eat(&[0]);
+        eat(&(bytes.len() as u64).to_le_bytes());
+        eat(&bytes);
+    }
+    Ok(format!("{h:016x}")[..12].to_owned())
+}
+
+/// Writes `build` into the marks of [`BUILD_MARKS`]; a mark missing from its
+/// file is an error (the service worker would never see an update).
+fn stamp_build(dir: &Path, build: &str) -> Result {
+    for (file, mark, with) in BUILD_MARKS {
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path).map_err(|e| io_err("cannot read", &path, e))?;
+        if text.matches(mark).count() != 1 {
+            return Err(Error(format!(
+                "{} must hold `{mark}` exactly once (replaced by the build id)",
+                path.display()
+            )));
+        }
+        let text = text.replace(mark, &with.replace("{}", build));
+        fs::write(&path, text).map_err(|e| io_err("cannot write", &path, e))?;
+    }
     Ok(())
 }
 
@@ -314,6 +385,39 @@ mod tests {
         ] {
             assert!(depends_on(yes, "wasm-bindgen"), "{yes}");
         }
+    }
+
+    #[test]
+    fn a_build_is_named_by_its_files_and_stamped_into_the_service_worker() {
+        let tmp = std::env::temp_dir().join(format!("xtask-build-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(tmp.join("pkg")).unwrap();
+        fs::write(tmp.join("sw.js"), "const BUILD = \"dev\";\nconst X = 1;\n").unwrap();
+        fs::write(
+            tmp.join("index.html"),
+            "<head><meta name=\"mycel-build\" content=\"dev\"></head>",
+        )
+        .unwrap();
+        fs::write(tmp.join("pkg/a.wasm"), [0u8, 1, 2]).unwrap();
+        let a = build_id(&tmp).unwrap();
+        assert_eq!(a.len(), 12);
+        assert_eq!(build_id(&tmp).unwrap(), a, "the same files, the same build");
+        fs::write(tmp.join("pkg/a.wasm"), [0u8, 1, 3]).unwrap();
+        let b = build_id(&tmp).unwrap();
+        assert_ne!(a, b, "a changed file is a new build");
+        stamp_build(&tmp, &b).unwrap();
+        assert_eq!(
+            fs::read_to_string(tmp.join("sw.js")).unwrap(),
+            format!("const BUILD = \"{b}\";\nconst X = 1;\n")
+        );
+        assert!(
+            fs::read_to_string(tmp.join("index.html"))
+                .unwrap()
+                .contains(&format!("content=\"{b}\""))
+        );
+        // Stamped once: the mark is gone, so a second stamp is refused.
+        assert!(stamp_build(&tmp, &b).is_err());
+        fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

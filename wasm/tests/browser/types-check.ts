@@ -40,6 +40,11 @@ export async function typical(): Promise<void> {
     if (e instanceof KeyMismatchError || e instanceof UnavailableError) console.log(e.message);
     else if (e instanceof MycelError) console.log(e.name);
   }
+  doc.setPresence({ name: "Ada", colour: "#2f6b4f" });
+  doc.on("presence", (e) => console.log(e.peer, e.state === null ? "left" : e.state));
+  const here: string[] = doc.presence().map((p) => p.peer);
+  doc.setPresence(null);
+  console.log(here);
   repo.on("status", (s) => console.log(s.online));
   repo.on("error", (e) => console.log(e.name, e.message));
   await repo.flush();
@@ -49,6 +54,8 @@ export async function typical(): Promise<void> {
 
   // @ts-expect-error: not a document event
   doc.on("saved", () => {});
+  // @ts-expect-error: presence is a JSON value, not a function
+  doc.setPresence(() => 1);
   // @ts-expect-error: change takes a function
   doc.change({ title: "x" });
   // @ts-expect-error: the constructor is private; use Repo.open
