@@ -393,7 +393,7 @@ mod tests {
                 .map(|_| {
                     let r = next() as usize;
                     // Mostly the alphabet, sometimes a character outside it.
-                    if r % 16 == 0 {
+                    if r.is_multiple_of(16) {
                         chars[64 + r / 16 % 4] as char
                     } else {
                         chars[r % 64] as char
