@@ -7,9 +7,6 @@ use alloc::string::String;
 use core::fmt;
 use core::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
 use crate::crypto::DocKey;
 
 /// Why a text id or a link could not be parsed.
@@ -55,6 +52,25 @@ impl fmt::Display for ParseError {
 #[cfg(feature = "std")]
 impl std::error::Error for ParseError {}
 
+/// The base64url alphabet (RFC 4648 §5).
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn sextet(c: u8) -> Option<u32> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'-' => 62,
+        b'_' => 63,
+        _ => return None,
+    } as u32)
+}
+
+/// Decodes unpadded base64url text into exactly `N` bytes. Strict, as the
+/// `base64` crate's `URL_SAFE_NO_PAD` was (a test checks they agree): no
+/// padding, no other characters, and the unused low bits of a last partial
+/// group must be zero, so every byte string has one text form. (Hand-written
+/// to keep the `base64` crate out of the browser build.)
 pub(crate) fn decode_fixed<const N: usize>(
     what: &'static str,
     text: &str,
@@ -67,18 +83,55 @@ pub(crate) fn decode_fixed<const N: usize>(
             actual: text.len() * 3 / 4,
         });
     }
-    let bytes = URL_SAFE_NO_PAD
-        .decode(text)
-        .map_err(|_| ParseError::Encoding { what })?;
-    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| ParseError::Length {
-        what,
-        expected: N,
-        actual: bytes.len(),
-    })
+    let text = text.as_bytes();
+    let bad = ParseError::Encoding { what };
+    // A last group of one character carries no whole byte.
+    if text.len() % 4 == 1 {
+        return Err(bad);
+    }
+    let len = text.len() / 4 * 3 + (text.len() % 4).saturating_sub(1);
+    let mut out = [0u8; N];
+    let mut at = 0;
+    for group in text.chunks(4) {
+        let mut bits = 0u32;
+        for &c in group {
+            bits = bits << 6 | sextet(c).ok_or_else(|| bad.clone())?;
+        }
+        // Left-align the group's 6 × len bits in 24 and take its whole bytes.
+        bits <<= 6 * (4 - group.len());
+        let bytes = group.len() - 1;
+        if bits & (0x00ff_ffff >> (8 * bytes)) != 0 {
+            return Err(bad);
+        }
+        for (i, b) in bits.to_be_bytes()[1..=bytes].iter().enumerate() {
+            if let Some(slot) = out.get_mut(at + i) {
+                *slot = *b;
+            }
+        }
+        at += bytes;
+    }
+    if len != N {
+        return Err(ParseError::Length {
+            what,
+            expected: N,
+            actual: len,
+        });
+    }
+    Ok(out)
 }
 
+/// Unpadded base64url text of `bytes`.
 pub(crate) fn encode_text(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let mut buf = [0u8; 4];
+        buf[1..=group.len()].copy_from_slice(group);
+        let bits = u32::from_be_bytes(buf);
+        for i in 0..=group.len() {
+            out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 macro_rules! byte_id {
@@ -294,6 +347,78 @@ mod tests {
         assert_eq!(p.to_string().len(), 43);
         let d = DocId([1; 16]);
         assert_eq!(d.to_string().parse::<DocId>().unwrap(), d);
+    }
+
+    /// A deterministic stream of bytes (xorshift), for the codec tests.
+    fn noise(seed: u64) -> impl FnMut() -> u8 {
+        let mut x = seed | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        }
+    }
+
+    fn base64_crate(text: &str) -> Option<alloc::vec::Vec<u8>> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+    }
+
+    #[test]
+    fn the_codec_agrees_with_the_base64_crate() {
+        use base64::Engine as _;
+        let mut next = noise(7);
+        for n in 0..=40 {
+            for _ in 0..50 {
+                let bytes: alloc::vec::Vec<u8> = (0..n).map(|_| next()).collect();
+                let text = encode_text(&bytes);
+                assert_eq!(
+                    text,
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes)
+                );
+                if n == 16 {
+                    assert_eq!(decode_fixed::<16>("x", &text).unwrap().as_slice(), bytes);
+                }
+            }
+        }
+        // Random texts over the alphabet, '=' and a stray character: accepted
+        // or refused exactly as the crate does, with the same bytes.
+        let chars = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/ ";
+        for _ in 0..200_000 {
+            let len = 19 + next() as usize % 6;
+            let text: String = (0..len)
+                .map(|_| {
+                    let r = next() as usize;
+                    // Mostly the alphabet, sometimes a character outside it.
+                    if r.is_multiple_of(16) {
+                        chars[64 + r / 16 % 4] as char
+                    } else {
+                        chars[r % 64] as char
+                    }
+                })
+                .collect();
+            let ours = decode_fixed::<16>("x", &text);
+            match base64_crate(&text) {
+                Some(b) if b.len() == 16 => assert_eq!(ours.unwrap().as_slice(), b, "{text}"),
+                Some(b) => assert_eq!(
+                    ours,
+                    Err(ParseError::Length {
+                        what: "x",
+                        expected: 16,
+                        actual: b.len()
+                    }),
+                    "{text}"
+                ),
+                None => assert!(ours.is_err(), "{text}"),
+            }
+        }
+        // Unused low bits must be zero: one text per byte string.
+        assert!(decode_fixed::<16>("x", &("A".repeat(21) + "B")).is_err());
+        assert!(decode_fixed::<16>("x", &("A".repeat(21) + "Q")).is_ok());
+        assert!(decode_fixed::<16>("x", &("A".repeat(21) + "R")).is_err());
     }
 
     #[test]

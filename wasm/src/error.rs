@@ -96,12 +96,6 @@ impl From<ReplicaError> for HostError {
     }
 }
 
-impl From<rexie::Error> for HostError {
-    fn from(e: rexie::Error) -> Self {
-        HostError::Storage(e.to_string())
-    }
-}
-
 impl From<HostError> for JsValue {
     fn from(e: HostError) -> JsValue {
         let err = js_sys::Error::new(&e.to_string());

@@ -4,22 +4,23 @@
 //! base64url text form), `snapshots` keyed by room, `identities` keyed by
 //! author slot, `docs` keyed by document id (the document key as text).
 //!
-//! rexie creates the schema and serves the reads. Writes go through a
-//! second connection made with web-sys, because only that API can ask for a
-//! transaction with `durability: "strict"` (rexie 0.6 cannot), and a change
+//! Plain web-sys, two connections: one for the reads, one for the writes.
+//! Writes ask for transactions with `durability: "strict"`, and a change
 //! may be reported `saved-locally` only after such a transaction completed:
 //! Chromium's default durability (`relaxed`) acknowledges before the data
-//! reaches the disk.
+//! reaches the disk. (rexie, used before, cannot ask for it, and with the
+//! crates under it cost 10 KB of the gzipped .wasm; see
+//! docs/design-decisions.md.)
 
 use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
 use mycel_core::crypto::DocKey;
 use mycel_core::id::{DocId, RoomId, ShareLink};
 use mycel_core::wire::Envelope;
-use rexie::{KeyRange, ObjectStore, Rexie, TransactionMode};
+use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{IdbDatabase, IdbFactory, IdbOpenDbRequest, IdbTransaction};
+use web_sys::{IdbDatabase, IdbFactory, IdbKeyRange, IdbObjectStore, IdbRequest, IdbTransaction};
 
 #[wasm_bindgen]
 extern "C" {
@@ -42,12 +43,13 @@ const ENVELOPES: &str = "envelopes";
 const SNAPSHOTS: &str = "snapshots";
 const IDENTITIES: &str = "identities";
 const DOCS: &str = "docs";
+const STORES: [&str; 4] = [ENVELOPES, SNAPSHOTS, IDENTITIES, DOCS];
 const VERSION: u32 = 1;
 
 /// An open IndexedDB database of one repo.
 #[derive(Debug)]
 pub struct Store {
-    rexie: Rexie,
+    reads: IdbDatabase,
     raw: IdbDatabase,
 }
 
@@ -63,67 +65,95 @@ async fn settle(set: impl FnOnce(&js_sys::Function, &js_sys::Function)) -> Resul
     JsFuture::from(promise).await.map(|_| ())
 }
 
-fn room_bounds(room: &RoomId) -> Result<KeyRange, HostError> {
+/// The result of a request, once it succeeded.
+async fn result(request: Result<IdbRequest, JsValue>, what: &str) -> Result<JsValue, HostError> {
+    let request = request.map_err(|e| HostError::storage(what, e))?;
+    settle(|ok, fail| {
+        request.set_onsuccess(Some(ok));
+        request.set_onerror(Some(fail));
+    })
+    .await
+    .map_err(|e| HostError::storage(what, e))?;
+    request.result().map_err(|e| HostError::storage(what, e))
+}
+
+/// Opens version [`VERSION`] of the database `name`, creating the object
+/// stores it lacks on an upgrade (the first open).
+async fn open_db(factory: &IdbFactory, name: &str) -> Result<IdbDatabase, HostError> {
+    const WHAT: &str = "cannot open the database";
+    let request = factory
+        .open_with_u32(name, VERSION)
+        .map_err(|e| HostError::storage(WHAT, e))?;
+    let upgrading = request.clone();
+    let upgrade = Closure::<dyn FnMut()>::new(move || {
+        // A store that cannot be made shows up as an error of the first
+        // transaction that names it.
+        if let Ok(db) = upgrading.result().and_then(|r| r.dyn_into::<IdbDatabase>()) {
+            let present = db.object_store_names();
+            for store in STORES {
+                if !present.contains(store) {
+                    let _ = db.create_object_store(store);
+                }
+            }
+        }
+    });
+    request.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
+    let db = result(Ok(request.clone().into()), WHAT).await;
+    request.set_onupgradeneeded(None);
+    db?.dyn_into().map_err(|e| HostError::storage(WHAT, e))
+}
+
+fn room_bounds(room: &RoomId) -> Result<IdbKeyRange, HostError> {
     let text = JsValue::from(room.to_string());
     // Array keys compare element by element and an array sorts above every
     // string, so [room] .. [room, []] spans every [room, author, seq].
     let lower = Array::of1(&text);
     let upper = Array::of2(&text, &Array::new());
-    KeyRange::bound(&lower, &upper, None, None).map_err(|e| HostError::Storage(e.to_string()))
+    IdbKeyRange::bound(&lower, &upper).map_err(|e| HostError::storage("bad key range", e))
 }
 
 impl Store {
     /// Opens (creating on first use) the database `name`.
     pub async fn open(name: &str) -> Result<Store, HostError> {
-        let rexie = Rexie::builder(name)
-            .version(VERSION)
-            .add_object_store(ObjectStore::new(ENVELOPES))
-            .add_object_store(ObjectStore::new(SNAPSHOTS))
-            .add_object_store(ObjectStore::new(IDENTITIES))
-            .add_object_store(ObjectStore::new(DOCS))
-            .build()
-            .await?;
         let factory: IdbFactory = Reflect::get(&js_sys::global(), &"indexedDB".into())
             .ok()
             .and_then(|f| f.dyn_into().ok())
             .ok_or_else(|| HostError::Storage("this browser has no IndexedDB".into()))?;
-        let request: IdbOpenDbRequest = factory
-            .open_with_u32(name, VERSION)
-            .map_err(|e| HostError::storage("cannot open the database", e))?;
-        settle(|ok, fail| {
-            request.set_onsuccess(Some(ok));
-            request.set_onerror(Some(fail));
-        })
-        .await
-        .map_err(|e| HostError::storage("cannot open the database", e))?;
-        let raw: IdbDatabase = request
-            .result()
-            .and_then(|r| r.dyn_into())
-            .map_err(|e| HostError::storage("cannot open the database", e))?;
-        Ok(Store { rexie, raw })
+        let reads = open_db(&factory, name).await?;
+        let raw = open_db(&factory, name).await?;
+        Ok(Store { reads, raw })
+    }
+
+    /// Object store `store` in a new read-only transaction.
+    fn read(&self, store: &str) -> Result<IdbObjectStore, HostError> {
+        self.reads
+            .transaction_with_str(store)
+            .and_then(|tx| tx.object_store(store))
+            .map_err(|e| HostError::storage("cannot start a read", e))
     }
 
     /// The secret key of author slot `slot`, if one was stored.
     pub async fn identity(&self, slot: u32) -> Result<Option<[u8; 32]>, HostError> {
-        let tx = self
-            .rexie
-            .transaction(&[IDENTITIES], TransactionMode::ReadOnly)?;
-        let value = tx.store(IDENTITIES)?.get(JsValue::from(slot)).await?;
+        let value = result(
+            self.read(IDENTITIES)?.get(&JsValue::from(slot)),
+            "cannot read an identity",
+        )
+        .await?;
         Ok(value
-            .and_then(|v| v.dyn_into::<Uint8Array>().ok())
+            .dyn_into::<Uint8Array>()
+            .ok()
             .and_then(|a| <[u8; 32]>::try_from(a.to_vec().as_slice()).ok()))
     }
 
     /// Every document of the repo with its key. Entries that do not parse
     /// (written by a newer version) are skipped.
     pub async fn docs(&self) -> Result<Vec<(DocId, DocKey)>, HostError> {
-        let tx = self.rexie.transaction(&[DOCS], TransactionMode::ReadOnly)?;
-        let values = tx.store(DOCS)?.get_all(None, None).await?;
-        Ok(values
+        let values = result(self.read(DOCS)?.get_all(), "cannot read the documents").await?;
+        Ok(Array::from(&values)
             .iter()
             .filter_map(|v| {
                 // The fragment of a share link: `#d=<doc>&k=<key>`.
-                let link = Reflect::get(v, &"link".into()).ok()?.as_string()?;
+                let link = Reflect::get(&v, &"link".into()).ok()?.as_string()?;
                 let link = link.parse::<ShareLink>().ok()?;
                 Some((link.doc, link.key))
             })
@@ -132,14 +162,13 @@ impl Store {
 
     /// The stored envelopes of a room, as the node wants them.
     pub async fn envelopes(&self, room: &RoomId) -> Result<Vec<Vec<u8>>, HostError> {
-        let tx = self
-            .rexie
-            .transaction(&[ENVELOPES], TransactionMode::ReadOnly)?;
-        let values = tx
-            .store(ENVELOPES)?
-            .get_all(Some(room_bounds(room)?), None)
-            .await?;
-        Ok(values
+        let values = result(
+            self.read(ENVELOPES)?
+                .get_all_with_key(&room_bounds(room)?.into()),
+            "cannot read the envelopes",
+        )
+        .await?;
+        Ok(Array::from(&values)
             .iter()
             .filter_map(|v| v.dyn_ref::<Uint8Array>().map(Uint8Array::to_vec))
             .collect())
@@ -163,7 +192,7 @@ impl Store {
     /// Closes both connections.
     pub fn close(self) {
         self.raw.close();
-        self.rexie.close();
+        self.reads.close();
     }
 
     /// Closes the write connection (when reads may still hold the store).

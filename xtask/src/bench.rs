@@ -6,7 +6,7 @@ use crate::Ctx;
 use crate::sh::{Error, Result, Steps};
 
 /// The benchmarks this command knows, the first being the default.
-const BENCHES: &[&str] = &["core", "relay", "scale-out", "node", "gossip"];
+const BENCHES: &[&str] = &["core", "relay", "scale-out", "node", "gossip", "wasm"];
 
 pub fn run(ctx: &Ctx, args: &[String]) -> Result {
     let (name, rest) = match args.split_first() {
@@ -60,6 +60,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result {
             })
         }
         "gossip" => gossip(ctx, extra),
+        "wasm" => crate::bench_wasm::run(ctx, &trace_path(ctx)?, extra),
         other => Err(Error(format!(
             "unknown benchmark `{other}`; known benchmarks: {}",
             BENCHES.join(", ")
@@ -69,7 +70,7 @@ pub fn run(ctx: &Ctx, args: &[String]) -> Result {
 
 /// The editing trace: `$MYCEL_TRACE`, else the shared automerge-paper trace
 /// beside the repository.
-fn trace_path(ctx: &Ctx) -> Result<PathBuf> {
+pub fn trace_path(ctx: &Ctx) -> Result<PathBuf> {
     let (path, origin) = match std::env::var_os("MYCEL_TRACE").filter(|p| !p.is_empty()) {
         Some(p) => {
             let cwd = std::env::current_dir()

@@ -173,3 +173,23 @@ pub fn ensure_npm(ctx: &Ctx, dir: &Path) -> Result {
         .args(["ci", "--no-audit", "--no-fund"])
         .run()
 }
+
+/// binaryen's `wasm-opt` from npm (wasm/tools/package-lock.json pins
+/// binaryen 132; Debian's binaryen 108 breaks wasm-bindgen's output),
+/// installed by `npm ci` when missing. Returns its path.
+pub fn ensure_wasm_opt(ctx: &Ctx, expected: &str) -> Result<PathBuf> {
+    let dir = ctx.root.join("wasm/tools");
+    ensure_npm(ctx, &dir)?;
+    let bin = dir.join("node_modules/.bin/wasm-opt");
+    match ctx.cmd(&bin).arg("--version").read_quietly() {
+        Some(v) if v.contains(expected) => {
+            println!("--> {}: present", v.trim());
+            Ok(bin)
+        }
+        other => Err(Error(format!(
+            "{} should be wasm-opt {expected} (wasm/tools/package-lock.json), but `--version` says {:?}",
+            bin.display(),
+            other.as_deref().map(str::trim)
+        ))),
+    }
+}

@@ -6,6 +6,7 @@
 //! stops at the first failure with a message naming the step.
 
 mod bench;
+mod bench_wasm;
 mod dist;
 mod ensure;
 mod fuzz;
@@ -31,7 +32,9 @@ commands:
   bench [NAME] [-- ARGS] run a benchmark: `core` (the default) replays $MYCEL_TRACE or
                          ../shared/data/traces/automerge-paper.json.gz; `relay` loads the
                          relay beside y-websocket; `node` times `mycel-node set`;
-                         `gossip` runs the gossip simulator at 1,000 and 10,000 peers
+                         `gossip` runs the gossip simulator at 1,000 and 10,000 peers;
+                         `wasm` replays the trace in headless Chromium through
+                         @automerge/automerge and through the npm package (wasm/pkg)
   container [IMAGE]      build the relay's FROM-scratch container image with podman
   fuzz [--seconds N] [TARGET...]
                          run each fuzz target of fuzz/fuzz_targets for N seconds

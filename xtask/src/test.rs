@@ -18,9 +18,19 @@ const SUITES: &[(&str, Suite)] = &[(
 
 /// Where the browser tests find Chromium (Debian's package; Playwright
 /// never downloads a browser here).
-const CHROMIUM: &str = "/usr/bin/chromium";
+pub const CHROMIUM: &str = "/usr/bin/chromium";
 /// Debian's chromedriver for wasm-bindgen-test-runner.
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// Debian's Chromium, installed when [`CHROMIUM`] is missing.
+pub fn ensure_chromium(ctx: &Ctx) -> Result {
+    if Path::new(CHROMIUM).is_file() {
+        println!("--> {CHROMIUM}: present");
+        Ok(())
+    } else {
+        ensure_apt(ctx, &["chromium"])
+    }
+}
 
 /// Runs `f`, printing how long it took (install steps are measured).
 fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -38,14 +48,7 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// (www/dist, served by the relay) end to end (app.mjs).
 fn browser_tests(ctx: &Ctx) -> Result {
     let dir = ctx.root.join("wasm/tests/browser");
-    timed("Chromium", || {
-        if Path::new(CHROMIUM).is_file() {
-            println!("--> {CHROMIUM}: present");
-            Ok(())
-        } else {
-            ensure_apt(ctx, &["chromium"])
-        }
-    })?;
+    timed("Chromium", || ensure_chromium(ctx))?;
     timed("npm ci (playwright-core)", || ensure_npm(ctx, &dir))?;
     // Installs wasm-bindgen-cli when missing, builds wasm-release, writes wasm/pkg.
     timed("npm package (cargo xtask dist's wasm/pkg)", || {

@@ -10,13 +10,12 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { createServer } from "node:http";
-import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { Nats, Relay, freePort } from "./relay.mjs";
+import { CHROMIUM_ARGS, serveStatic } from "./serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
@@ -38,49 +37,18 @@ for (const [what, p] of [["the npm package (cargo xtask dist)", path.join(pkgDir
   }
 }
 
-const TYPES = { ".js": "text/javascript", ".html": "text/html", ".wasm": "application/wasm", ".json": "application/json", ".ts": "text/plain" };
-
-function serve() {
-  const server = createServer(async (req, res) => {
-    const url = new URL(req.url, "http://x");
-    const file = url.pathname === "/" ? path.join(here, "index.html")
-      : url.pathname.startsWith("/pkg/") ? path.join(pkgDir, url.pathname.slice(5))
-      : null;
-    if (url.pathname === "/favicon.ico") {
-      res.writeHead(204).end();
-      return;
-    }
-    if (!file || !file.startsWith(url.pathname === "/" ? here : pkgDir)) {
-      res.writeHead(404).end();
-      return;
-    }
-    try {
-      const body = await readFile(file);
-      res.writeHead(200, { "content-type": TYPES[path.extname(file)] ?? "application/octet-stream", "cache-control": "no-store" });
-      res.end(body);
-    } catch {
-      res.writeHead(404).end();
-    }
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
-
-
-
 let browser, server, base, relay;
 const contexts = [];
 
 before(async () => {
-  server = await serve();
+  server = await serveStatic({ files: { "/": path.join(here, "index.html") }, dirs: { "/pkg/": pkgDir } });
   base = `http://127.0.0.1:${server.address().port}/`;
   relay = new Relay(relayBin, await freePort(), []);
   await relay.start();
   browser = await chromium.launch({
     executablePath: chromiumPath,
     timeout: WAIT,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    args: CHROMIUM_ARGS,
   });
 });
 
