@@ -143,12 +143,19 @@ test("new document, items added in one page appear in another opened at the shar
   await shot(b, "02-b-opened-the-share-link");
 
   // Edits both ways: B adds and checks, A sees them; A removes, B sees it.
+  // How long an edit takes to show on the other page is printed (the
+  // issue's 1 s; timing is not asserted, the machine may be loaded).
+  let t = Date.now();
   await addItem(b, "bread");
-  await b.check('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]');
   await until("A to show B's item", async () => JSON.stringify(await items(a)) === JSON.stringify(["milk", "eggs", "bread"]));
+  const bToA = Date.now() - t;
+  await b.check('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]');
   await until("A to show milk checked", () => a.isChecked('li:has([data-testid="item"]:text-is("milk")) input[type=checkbox]'));
+  t = Date.now();
   await a.click(`${item("eggs")} button[aria-label="Remove eggs"]`);
   await until("B to see eggs removed", async () => JSON.stringify(await items(b)) === JSON.stringify(["milk", "bread"]));
+  const aToB = Date.now() - t;
+  console.error(`app: an edit showed on the other page after ${bToA} ms (B to A) and ${aToB} ms (A to B)`);
 
   // The document is listed on this device.
   await a.goto(relay.base);
@@ -274,12 +281,14 @@ test("checklist items reorder with labelled move buttons from the keyboard; a co
   assert.deepEqual([...a.errors, ...b.errors].filter((e) => !/WebSocket connection/.test(e)), [], "no console errors but the relay's absence");
 });
 
-test("after the first visit the app reloads with the network off (service worker), with its data", async () => {
+test("after the first visit the app reloads with the network off (service worker), with its data; offline edits converge with the other page's", async () => {
   const a = await open();
   await controlled(a);
   const link = await newDoc(a);
   await addItem(a, "offline-proof");
   await until("saved on this device", async () => /saved on this device|sent|stored by/.test(await a.textContent('[data-testid="durability"]')));
+  const b = await open(link);
+  await until("B to show A's item", async () => JSON.stringify(await items(b)) === JSON.stringify(["offline-proof"]));
   await a.context().setOffline(true);
   await a.reload();
   await ready(a);
@@ -289,8 +298,15 @@ test("after the first visit the app reloads with the network off (service worker
   await until("the offline item", async () => (await items(a)).length === 2);
   assert.equal(await status(a), "offline");
   await shot(a, "11-offline-reload");
+  // B edits meanwhile, online.
+  await addItem(b, "added by B meanwhile");
   await a.context().setOffline(false);
   await until("synced again once the network is back", async () => (await status(a)) === "synced");
+  const want = JSON.stringify(["added by B meanwhile", "added offline", "offline-proof"]);
+  await until("both pages to converge", async () =>
+    JSON.stringify((await items(a)).sort()) === want && JSON.stringify((await items(b)).sort()) === want);
+  assert.deepEqual(await items(a), await items(b), "the same items in the same order on both pages");
+  assert.equal(await a.inputValue('[data-testid="title"]'), await b.inputValue('[data-testid="title"]'));
 });
 
 test("the relay killed and restarted: both pages converge", async () => {
