@@ -1628,11 +1628,20 @@ mod tests {
 
     /// Two nodes holding one document over a direct link, past the first `Have`s.
     fn pair(doc: DocId, key: &DocKey) -> (Node, Node) {
+        linked(
+            doc,
+            (node(1), DocAccess::Full(key.clone())),
+            (node(2), DocAccess::Full(key.clone())),
+        )
+    }
+
+    /// Two nodes with `doc` open (each with its access), linked directly,
+    /// after their first exchanges.
+    fn linked(doc: DocId, a: (Node, DocAccess), b: (Node, DocAccess)) -> (Node, Node) {
         let now = Timestamp(0);
-        let (mut a, mut b) = (node(1), node(2));
-        for n in [&mut a, &mut b] {
-            n.open_doc(now, doc, DocAccess::Full(key.clone()), [])
-                .unwrap();
+        let ((mut a, a_access), (mut b, b_access)) = (a, b);
+        for (n, access) in [(&mut a, a_access), (&mut b, b_access)] {
+            n.open_doc(now, doc, access, []).unwrap();
             n.handle(
                 now,
                 Input::LinkUp {
@@ -1840,25 +1849,11 @@ mod tests {
         let key = DocKey::from_bytes([8; 32]);
         let now = Timestamp(0);
         let room = crate::crypto::room_id(&key, &doc);
-        let mut a = node(1);
-        let mut pin = node(3);
-        a.open_doc(now, doc, DocAccess::Full(key.clone()), [])
-            .unwrap();
-        pin.open_doc(now, doc, DocAccess::Blind(room), []).unwrap();
-        for n in [&mut a, &mut pin] {
-            n.handle(
-                now,
-                Input::LinkUp {
-                    link: LINK,
-                    kind: LinkKind::Direct,
-                },
-            )
-            .unwrap();
-        }
-        for _ in 0..3 {
-            deliver(now, &mut a, &mut pin);
-            deliver(now, &mut pin, &mut a);
-        }
+        let (mut a, mut pin) = linked(
+            doc,
+            (node(1), DocAccess::Full(key.clone())),
+            (node(3), DocAccess::Blind(room)),
+        );
         a.handle(
             now,
             Input::SetPresence {
