@@ -140,7 +140,7 @@ impl Outbox {
         let f = q.queue.pop_front();
         if let Some(f) = &f {
             q.bytes -= f.len();
-        } else if q.queue.capacity() > 8 {
+        } else if q.queue.capacity() > 0 {
             // After a burst, give the memory back: idle connections should
             // stay small (a few slots are kept for steady traffic).
             q.queue = VecDeque::new();

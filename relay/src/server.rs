@@ -507,10 +507,15 @@ async fn ws_handler(
         };
         // We serve hyper a `TokioIo<TcpStream>`, so this is what comes
         // back; the stream itself is what the connection task drives.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => conn::run(parts.io.into_inner(), parts.read_buf, shared, slot).await,
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
-        }
+        // (`parts` is dropped before the await: only the task is kept.)
+        let task = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => conn::run(parts.io.into_inner(), parts.read_buf, shared, slot),
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP stream");
+                return;
+            }
+        };
+        task.await;
     });
     (
         StatusCode::SWITCHING_PROTOCOLS,

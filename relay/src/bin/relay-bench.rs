@@ -3,7 +3,7 @@
 //! 0.1.1 with `yjs` 13), on loopback only.
 //!
 //! ```text
-//! cargo run --release -p mycel-relay --bin relay-bench [-- --quick] [-- --no-y]
+//! cargo run --release -p mycel-relay --bin relay-bench [-- --quick] [-- --no-y] [-- --idle-only]
 //! ```
 //!
 //! Load: rooms of 100 clients, 10 of them senders, 64-byte payloads, at a
@@ -103,7 +103,9 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let started = Instant::now();
-    let report = if scale_out {
+    let report = if args.iter().any(|a| a == "--idle-only") {
+        rt.block_on(idle_only(opts))
+    } else if scale_out {
         rt.block_on(scale_out::run(opts))
     } else {
         rt.block_on(run(opts))
@@ -756,6 +758,34 @@ fn num(x: f64) -> String {
         format!("{x:.3}")
     } else {
         "null".into()
+    }
+}
+
+/// `--idle-only`: just mycel-relay's idle memory per connection (what
+/// the full run reports last), for quick before/after comparisons.
+async fn idle_only(opts: Opts) -> String {
+    let result = async {
+        let server = Server::start(Kind::Mycel, Path::new("")).await?;
+        idle(Kind::Mycel, &server, opts.idle).await
+    };
+    match result.await {
+        Ok((rss0, rss1, per)) => {
+            println!(
+                "idle: {} connections in rooms of {ROOM_SIZE}: RSS {:.1} MiB -> {:.1} MiB, {per:.0} bytes per connection",
+                opts.idle,
+                rss0 / 1024.0,
+                rss1 / 1024.0
+            );
+            format!(
+                "{{\"bench\":\"relay-idle\",\"idle_connections\":{},\"idle_bytes_per_conn\":{}}}",
+                opts.idle,
+                num(per)
+            )
+        }
+        Err(e) => format!(
+            "{{\"bench\":\"relay-idle\",\"error\":\"{}\"}}",
+            e.replace('"', "'")
+        ),
     }
 }
 
