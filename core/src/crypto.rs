@@ -729,13 +729,33 @@ pub fn presence_digest(room: &RoomId, from: &PeerId, seq: u64, sealed: &[u8]) ->
     *h.finalize().as_bytes()
 }
 
-/// Signs a presence digest ([`presence_digest`]) as `identity`.
-pub fn sign_presence(identity: &Identity, digest: &[u8; 32]) -> [u8; 64] {
+/// What the sender of a `Signal` message signs: the room, both ends, the
+/// seq and the payload, so it cannot be replayed to another peer, room or
+/// position, nor altered.
+pub fn signal_digest(
+    room: &RoomId,
+    from: &PeerId,
+    to: &PeerId,
+    seq: u64,
+    payload: &[u8],
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("mycel signal sig v1");
+    h.update(room.as_bytes());
+    h.update(from.as_bytes());
+    h.update(to.as_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    *h.finalize().as_bytes()
+}
+
+/// Signs a message digest ([`presence_digest`], [`signal_digest`]) as
+/// `identity`.
+pub fn sign_digest(identity: &Identity, digest: &[u8; 32]) -> [u8; 64] {
     identity.sign(digest)
 }
 
-/// Checks a presence message's signature by `from` (strict Ed25519).
-pub fn verify_presence(
+/// Checks a signature by `from` over a message digest (strict Ed25519).
+pub fn verify_digest(
     from: &PeerId,
     digest: &[u8; 32],
     signature: &[u8],

@@ -21,15 +21,15 @@ use minicbor::bytes::ByteVec;
 
 use crate::crypto::{
     CryptoError, DocKey, DocKeys, Identity, MAX_SEAL_BATCH, Rng, Verifier, open_transport,
-    presence_digest, seal_transport, sign_presence, transport_cipher, verify_presence,
+    presence_digest, seal_transport, sign_digest, signal_digest, transport_cipher, verify_digest,
 };
 use crate::id::{DocId, PeerId, RoomId};
 use crate::log::{DocLog, Inserted};
 use crate::sync::{Session, SyncConfig};
 use crate::time::Timestamp;
 use crate::wire::{
-    DirectFrame, Envelope, EnvelopeKind, PeerTag, RelayEvent, RelayRequest, SyncMessage,
-    VersionVector, WireError, decode_frame, encode_frame,
+    DirectFrame, Envelope, EnvelopeKind, MAX_SIGNAL, PeerTag, RelayEvent, RelayRequest,
+    SyncMessage, VersionVector, WireError, decode_frame, encode_frame,
 };
 
 /// A link as the host numbers it.
@@ -118,6 +118,16 @@ pub enum Input {
         doc: DocId,
         state: Vec<u8>,
     },
+    /// Signaling for a direct link to `peer` (a WebRTC offer, answer or
+    /// ICE candidate: the host's bytes, at most [`MAX_SIGNAL`]): signed,
+    /// transport-sealed and sent to `peer` alone through a relay room
+    /// where it is a member (a direct link to it if there is no relay
+    /// path). The peer's node reports it as [`Event::Signal`].
+    Signal {
+        doc: DocId,
+        peer: PeerId,
+        payload: Vec<u8>,
+    },
     /// A timer the node asked for ([`Output::WakeAt`]) fired, or any time.
     Tick,
 }
@@ -132,6 +142,8 @@ pub const PRESENCE_EXPIRY_MS: u64 = 30_000;
 pub const MAX_PRESENCE_STATE: usize = 1_024;
 /// At most this many peers' presence is kept per document.
 const MAX_PRESENCE_PEERS: usize = 256;
+/// At most this many peers' last signal seq is kept per document.
+const MAX_SIGNAL_PEERS: usize = 256;
 
 /// What the node asks the host to do.
 #[derive(Debug, Clone)]
@@ -179,6 +191,13 @@ pub enum Event {
         peer: PeerId,
         state: Vec<u8>,
     },
+    /// Signaling for a direct link from `peer` (see [`Input::Signal`]),
+    /// its signature checked and addressed to this replica.
+    Signal {
+        doc: DocId,
+        peer: PeerId,
+        payload: Vec<u8>,
+    },
     /// A peer introduced itself in a document's room.
     PeerSeen {
         doc: DocId,
@@ -223,6 +242,8 @@ pub enum NodeError {
     },
     /// A decrypted change that the document refused (Automerge's reason).
     BadChange(String),
+    /// No session of the document reaches this peer (for a signal).
+    NoRouteTo(PeerId),
 }
 
 impl fmt::Display for NodeError {
@@ -240,6 +261,10 @@ impl fmt::Display for NodeError {
             NodeError::Wire(e) => write!(f, "{e}"),
             NodeError::Crypto(e) => write!(f, "{e}"),
             NodeError::BadChange(e) => write!(f, "a change was refused by the document: {e}"),
+            NodeError::NoRouteTo(p) => write!(
+                f,
+                "peer {p} is not reachable: it is in none of this document's relay rooms or direct links"
+            ),
             NodeError::OwnSeqConflict { seq } => write!(
                 f,
                 "a peer holds change {seq} signed by this replica's identity, which it never wrote: the identity is in use elsewhere"
@@ -321,6 +346,8 @@ struct DocState {
     own_presence: Option<OwnPresence>,
     /// Peers' presence: state, seq, when last heard.
     presence: BTreeMap<PeerId, PeerPresence>,
+    /// The seq of the last signal accepted from each peer.
+    signals_from: BTreeMap<PeerId, u64>,
 }
 
 #[derive(Debug)]
@@ -384,6 +411,8 @@ pub struct Node {
     /// drawn at the first presence message (so nodes that never send one
     /// use their randomness exactly as before).
     presence_seq: Option<u64>,
+    /// The same for signaling messages.
+    signal_seq: Option<u64>,
 }
 
 impl fmt::Debug for Node {
@@ -413,6 +442,7 @@ impl Node {
             stats: NodeStats::default(),
             verifier: Verifier::default(),
             presence_seq: None,
+            signal_seq: None,
         }
     }
 
@@ -469,6 +499,7 @@ impl Node {
             stored_reported: Vec::new(),
             own_presence: None,
             presence: BTreeMap::new(),
+            signals_from: BTreeMap::new(),
         };
         let me = self.identity.peer_id();
         let mut changes = Vec::new();
@@ -605,6 +636,7 @@ impl Node {
             Input::LocalChanges { doc, changes } => self.on_local_changes(doc, &changes),
             Input::Persisted { doc, batch } => self.on_persisted(doc, batch),
             Input::SetPresence { doc, state } => self.on_set_presence(doc, state),
+            Input::Signal { doc, peer, payload } => self.on_signal_out(doc, peer, payload),
             Input::Tick => {
                 self.on_tick();
                 Ok(())
@@ -871,7 +903,101 @@ impl Node {
                 sealed,
                 signature,
             } => self.on_presence(doc, from, seq, &sealed, &signature),
+            SyncMessage::Signal {
+                from,
+                to,
+                seq,
+                payload,
+                signature,
+            } => self.on_signal_in(doc, from, to, seq, payload.into(), &signature),
         }
+    }
+
+    // ---- signaling ---------------------------------------------------
+
+    fn on_signal_out(
+        &mut self,
+        doc: DocId,
+        peer: PeerId,
+        payload: Vec<u8>,
+    ) -> Result<(), NodeError> {
+        if payload.len() > MAX_SIGNAL {
+            return Err(WireError::TooLarge {
+                len: payload.len(),
+                max: MAX_SIGNAL,
+            }
+            .into());
+        }
+        let d = self.docs.get(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        // Through a relay if possible: signaling is what repairs a failing
+        // direct link, so it must not depend on one.
+        let route = d
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.remote_peer == Some(peer))
+            .map(|(r, _)| *r)
+            .min_by_key(|r| r.tag.is_none())
+            .ok_or(NodeError::NoRouteTo(peer))?;
+        let room = d.room;
+        let me = self.identity.peer_id();
+        let seq = match self.signal_seq {
+            Some(s) => s + 1,
+            None => ((self.rng.u64() >> 32) << 32) + 1,
+        };
+        self.signal_seq = Some(seq);
+        let signature = sign_digest(
+            &self.identity,
+            &signal_digest(&room, &me, &peer, seq, &payload),
+        );
+        let msg = SyncMessage::Signal {
+            from: me,
+            to: peer,
+            seq,
+            payload: ByteVec::from(payload),
+            signature: ByteVec::from(signature.to_vec()),
+        };
+        self.send_sync(doc, route, &msg);
+        Ok(())
+    }
+
+    fn on_signal_in(
+        &mut self,
+        doc: DocId,
+        from: PeerId,
+        to: PeerId,
+        seq: u64,
+        payload: Vec<u8>,
+        signature: &[u8],
+    ) -> Result<(), NodeError> {
+        if to != self.identity.peer_id() {
+            // Not ours (a relay that misroutes): nothing to do with it.
+            return Ok(());
+        }
+        let d = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        // An older message of the same incarnation (reordered or replayed) is dropped.
+        if let Some(last) = d.signals_from.get(&from)
+            && *last >> 32 == seq >> 32
+            && seq <= *last
+        {
+            return Ok(());
+        }
+        verify_digest(
+            &from,
+            &signal_digest(&d.room, &from, &to, seq, &payload),
+            signature,
+        )?;
+        if !d.signals_from.contains_key(&from) && d.signals_from.len() >= MAX_SIGNAL_PEERS {
+            // Bounded: forget the lowest peer id (only replay detection
+            // for it is lost, not the signal).
+            d.signals_from.pop_first();
+        }
+        d.signals_from.insert(from, seq);
+        self.outputs.push_back(Output::Event(Event::Signal {
+            doc,
+            peer: from,
+            payload,
+        }));
+        Ok(())
     }
 
     // ---- presence ----------------------------------------------------
@@ -936,7 +1062,7 @@ impl Node {
         own.last_sent = Some(now);
         own.pending = false;
         let sealed = seal_transport(keys.presence(), &d.room, &own.state, &mut self.rng);
-        let signature = sign_presence(&self.identity, &presence_digest(&d.room, &me, seq, &sealed));
+        let signature = sign_digest(&self.identity, &presence_digest(&d.room, &me, seq, &sealed));
         if own.state.is_empty() {
             // Left: nothing more to refresh.
             d.own_presence = None;
@@ -1017,7 +1143,7 @@ impl Node {
         {
             return Ok(());
         }
-        verify_presence(
+        verify_digest(
             &from,
             &presence_digest(&d.room, &from, seq, sealed),
             signature,
@@ -1825,7 +1951,7 @@ mod tests {
         let sealed = seal_transport(&other, &room, b"Eve", &mut rng);
         let eve = Identity::generate(&mut rng);
         let seq = 1;
-        let signature = sign_presence(&eve, &presence_digest(&room, &eve.peer_id(), seq, &sealed));
+        let signature = sign_digest(&eve, &presence_digest(&room, &eve.peer_id(), seq, &sealed));
         let forged = SyncMessage::Presence {
             from: eve.peer_id(),
             seq,
@@ -1876,5 +2002,297 @@ mod tests {
             ),
             Err(NodeError::Blind(doc))
         );
+    }
+
+    /// The relay of one room of two nodes (tags 1 and 2), played by the
+    /// test: forwards `Publish` and `Send` as `Message`, answers `Join`.
+    struct FakeRelay {
+        room: RoomId,
+        /// Frames as the relay forwarded them.
+        seen: Vec<Vec<u8>>,
+        /// What each node (tag 1, 2) sent that is not forwarded yet.
+        stash: [Vec<Output>; 2],
+    }
+
+    impl FakeRelay {
+        /// Moves one round of frames between `a` (tag 1) and `b` (tag 2).
+        fn round(&mut self, now: Timestamp, a: &mut Node, b: &mut Node) -> Vec<Event> {
+            let mut events = Vec::new();
+            self.leg(now, 1, a, b, &mut events);
+            self.leg(now, 2, b, a, &mut events);
+            events
+        }
+
+        /// Moves what `from` (tag `from_tag`) sent; `to`'s events go to `events`.
+        fn leg(
+            &mut self,
+            now: Timestamp,
+            from_tag: u64,
+            from: &mut Node,
+            to: &mut Node,
+            events: &mut Vec<Event>,
+        ) {
+            let mut stash = core::mem::take(&mut self.stash[from_tag as usize - 1]);
+            stash.extend(core::iter::from_fn(|| from.poll()));
+            let requests = stash.into_iter().filter_map(|out| match out {
+                Output::Send { bytes, .. } => {
+                    Some(decode_frame::<RelayRequest>(&bytes, crate::wire::MAX_FRAME).unwrap())
+                }
+                _ => None,
+            });
+            for req in requests {
+                let (ev, to_sender) = match req {
+                    RelayRequest::Join { room } => {
+                        let peers = if from_tag == 2 {
+                            vec![PeerTag(1)]
+                        } else {
+                            vec![]
+                        };
+                        let you = PeerTag(from_tag);
+                        (RelayEvent::Joined { room, you, peers }, true)
+                    }
+                    RelayRequest::Publish { room, payload }
+                    | RelayRequest::Send { room, payload, .. } => (
+                        RelayEvent::Message {
+                            room,
+                            from: PeerTag(from_tag),
+                            payload,
+                        },
+                        false,
+                    ),
+                    _ => continue,
+                };
+                let bytes = encode_frame(&ev);
+                self.seen.push(bytes.clone());
+                let target: &mut Node = if to_sender { &mut *from } else { &mut *to };
+                target
+                    .handle(now, Input::Received { link: LINK, bytes })
+                    .unwrap();
+                if from_tag == 2 && to_sender {
+                    // The first member hears of the second.
+                    let ev = RelayEvent::PeerJoined {
+                        room: self.room,
+                        peer: PeerTag(2),
+                    };
+                    to.handle(
+                        now,
+                        Input::Received {
+                            link: LINK,
+                            bytes: encode_frame(&ev),
+                        },
+                    )
+                    .unwrap();
+                }
+            }
+            let to_tag = 3 - from_tag as usize;
+            while let Some(out) = to.poll() {
+                match out {
+                    Output::Event(e) => events.push(e),
+                    send @ Output::Send { .. } => self.stash[to_tag - 1].push(send),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Two nodes holding `doc` in one relay room, after their first
+    /// exchanges; the relay has recorded every frame it forwarded.
+    fn via_relay(doc: DocId, key: &DocKey) -> (Node, Node, FakeRelay) {
+        let now = Timestamp(0);
+        let (mut a, mut b) = (node(1), node(2));
+        for n in [&mut a, &mut b] {
+            n.open_doc(now, doc, DocAccess::Full(key.clone()), [])
+                .unwrap();
+            n.handle(
+                now,
+                Input::LinkUp {
+                    link: LINK,
+                    kind: LinkKind::Relay,
+                },
+            )
+            .unwrap();
+        }
+        let mut relay = FakeRelay {
+            room: crate::crypto::room_id(key, &doc),
+            seen: Vec::new(),
+            stash: [Vec::new(), Vec::new()],
+        };
+        for _ in 0..4 {
+            relay.round(now, &mut a, &mut b);
+        }
+        (a, b, relay)
+    }
+
+    #[test]
+    fn signals_reach_only_their_peer_signed_and_sealed() {
+        let doc = DocId([5; 16]);
+        let key = DocKey::from_bytes([6; 32]);
+        let (mut a, mut b, mut relay) = via_relay(doc, &key);
+        assert_eq!(a.peers(doc).len(), 1, "the peers met through the relay");
+        let (pa, pb) = (a.peer_id(), b.peer_id());
+        let now = Timestamp(10);
+        let offer = b"v=0 o=- 4611731400430051336 2 IN IP4 127.0.0.1 canary-offer".to_vec();
+        a.handle(
+            now,
+            Input::Signal {
+                doc,
+                peer: pb,
+                payload: offer.clone(),
+            },
+        )
+        .unwrap();
+        let before = relay.seen.len();
+        let events = relay.round(now, &mut a, &mut b);
+        let signals: Vec<&Event> = events
+            .iter()
+            .filter(|e| matches!(e, Event::Signal { .. }))
+            .collect();
+        assert_eq!(
+            signals,
+            vec![&Event::Signal {
+                doc,
+                peer: pa,
+                payload: offer.clone()
+            }]
+        );
+        // Directed and sealed: one frame, the payload in no frame in clear.
+        assert_eq!(relay.seen.len(), before + 1);
+        assert!(
+            relay
+                .seen
+                .iter()
+                .all(|f| !f.windows(12).any(|w| w == b"canary-offer"))
+        );
+        // The answer goes back the same way.
+        b.handle(
+            now,
+            Input::Signal {
+                doc,
+                peer: pa,
+                payload: b"answer".to_vec(),
+            },
+        )
+        .unwrap();
+        let events = relay.round(now, &mut a, &mut b);
+        assert!(events.contains(&Event::Signal {
+            doc,
+            peer: pb,
+            payload: b"answer".to_vec()
+        }));
+
+        // A replayed frame is dropped without an event.
+        let replay = relay.seen[before].clone();
+        b.handle(
+            now,
+            Input::Received {
+                link: LINK,
+                bytes: replay,
+            },
+        )
+        .unwrap();
+        assert!(
+            !core::iter::from_fn(|| b.poll())
+                .any(|o| matches!(o, Output::Event(Event::Signal { .. })))
+        );
+
+        // Unknown peer, oversized payload, unknown document: typed errors.
+        let stranger = node(9).peer_id();
+        let signal = |peer, payload| Input::Signal { doc, peer, payload };
+        assert_eq!(
+            a.handle(now, signal(stranger, vec![1])),
+            Err(NodeError::NoRouteTo(stranger))
+        );
+        assert!(matches!(
+            a.handle(now, signal(pb, vec![0; MAX_SIGNAL + 1])),
+            Err(NodeError::Wire(WireError::TooLarge { .. }))
+        ));
+        assert_eq!(
+            a.handle(
+                now,
+                Input::Signal {
+                    doc: DocId([0; 16]),
+                    peer: pb,
+                    payload: vec![1]
+                }
+            ),
+            Err(NodeError::UnknownDoc(DocId([0; 16])))
+        );
+    }
+
+    #[test]
+    fn a_forged_or_misaddressed_signal_is_refused() {
+        let doc = DocId([5; 16]);
+        let key = DocKey::from_bytes([6; 32]);
+        let (mut a, mut b, _relay) = via_relay(doc, &key);
+        let (pa, pb) = (a.peer_id(), b.peer_id());
+        let room = crate::crypto::room_id(&key, &doc);
+        let transport = transport_cipher(&doc, &room);
+        let eve = Identity::generate(&mut Rng::from_seed([42; 32]));
+        let mut rng = Rng::from_seed([43; 32]);
+        let now = Timestamp(10);
+        // As the relay would deliver a sync message from tag 1 (a) to b.
+        let mut deliver_to_b = |msg: &SyncMessage| {
+            let sealed = seal_transport(&transport, &room, &encode_frame(msg), &mut rng);
+            let ev = RelayEvent::Message {
+                room,
+                from: PeerTag(1),
+                payload: ByteVec::from(sealed),
+            };
+            let r = b.handle(
+                now,
+                Input::Received {
+                    link: LINK,
+                    bytes: encode_frame(&ev),
+                },
+            );
+            let got = core::iter::from_fn(|| b.poll())
+                .any(|o| matches!(o, Output::Event(Event::Signal { .. })));
+            (r, got)
+        };
+        let signed = |id: &Identity, from: PeerId, to: PeerId, payload: &[u8]| {
+            let seq = 7;
+            let sig = sign_digest(id, &signal_digest(&room, &from, &to, seq, payload));
+            SyncMessage::Signal {
+                from,
+                to,
+                seq,
+                payload: ByteVec::from(payload.to_vec()),
+                signature: ByteVec::from(sig.to_vec()),
+            }
+        };
+        // Eve signs as herself but claims to be a: bad signature.
+        let forged = signed(&eve, pa, pb, b"offer");
+        let (r, got) = deliver_to_b(&forged);
+        assert_eq!(r, Err(NodeError::Crypto(CryptoError::BadSignature)));
+        assert!(!got);
+        // Eve's own signal with an altered payload: bad signature.
+        let SyncMessage::Signal {
+            from,
+            to,
+            seq,
+            signature,
+            ..
+        } = signed(&eve, eve.peer_id(), pb, b"offer")
+        else {
+            unreachable!()
+        };
+        let altered = SyncMessage::Signal {
+            from,
+            to,
+            seq,
+            payload: ByteVec::from(b"0ffer".to_vec()),
+            signature,
+        };
+        assert_eq!(
+            deliver_to_b(&altered),
+            (Err(NodeError::Crypto(CryptoError::BadSignature)), false)
+        );
+        // Addressed to someone else: ignored.
+        let elsewhere = signed(&eve, eve.peer_id(), pa, b"offer");
+        assert_eq!(deliver_to_b(&elsewhere), (Ok(()), false));
+        // Well formed: accepted.
+        let fine = signed(&eve, eve.peer_id(), pb, b"offer");
+        assert_eq!(deliver_to_b(&fine), (Ok(()), true));
+        let _ = a.poll();
     }
 }

@@ -631,7 +631,29 @@ pub enum SyncMessage {
         #[n(3)]
         signature: ByteVec,
     },
+    /// Signaling for a direct link (WebRTC offer, answer or ICE candidate:
+    /// host-defined bytes) from `from` to `to`, sent as a directed relay
+    /// `Send`; never stored. `seq` as in `Presence` (an incarnation in the
+    /// high 32 bits, a counter below).
+    #[n(4)]
+    Signal {
+        #[n(0)]
+        from: PeerId,
+        #[n(1)]
+        to: PeerId,
+        #[n(2)]
+        seq: u64,
+        #[n(3)]
+        payload: ByteVec,
+        /// Ed25519 by `from` over `crypto::signal_digest`.
+        #[n(4)]
+        signature: ByteVec,
+    },
 }
+
+/// The largest signaling payload (an SDP offer with its candidates is a
+/// few KiB).
+pub const MAX_SIGNAL: usize = 16 * 1024;
 
 /// Encodes `[WIRE_VERSION, msg]`.
 pub fn encode_frame<T: Encode<()>>(msg: &T) -> Vec<u8> {
@@ -700,6 +722,12 @@ impl FrameLimits for SyncMessage {
                 Err(WireError::TooMany {
                     what: "envelopes",
                     max: MAX_BATCH_ENVELOPES,
+                })
+            }
+            SyncMessage::Signal { payload, .. } if payload.len() > MAX_SIGNAL => {
+                Err(WireError::TooLarge {
+                    len: payload.len(),
+                    max: MAX_SIGNAL,
                 })
             }
             _ => Ok(()),
