@@ -11,7 +11,7 @@
 //! - Remote envelopes are verified before they are stored, forwarded or
 //!   applied; bad ones are reported as events and dropped.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -311,6 +311,10 @@ pub struct NodeStats {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Of `bytes_out`: on direct links (WebRTC data channels).
+    pub bytes_out_direct: u64,
+    /// Of `bytes_out`: to relays.
+    pub bytes_out_relay: u64,
     pub frames_rejected: u64,
     pub envelopes_received: u64,
     pub envelopes_duplicate: u64,
@@ -348,6 +352,33 @@ struct DocState {
     presence: BTreeMap<PeerId, PeerPresence>,
     /// The seq of the last signal accepted from each peer.
     signals_from: BTreeMap<PeerId, u64>,
+}
+
+impl DocState {
+    /// The peers this replica has a direct link with for this document.
+    fn direct_peers(&self) -> BTreeSet<PeerId> {
+        self.sessions
+            .iter()
+            .filter(|(r, _)| r.tag.is_none())
+            .filter_map(|(_, s)| s.remote_peer)
+            .collect()
+    }
+
+    /// A relay session with a peer that is also linked directly: the
+    /// direct session carries sync, this one stands by (it takes over
+    /// when the direct link goes down).
+    fn standing_by(&self, route: Route) -> bool {
+        route.tag.is_some()
+            && self
+                .sessions
+                .get(&route)
+                .and_then(|s| s.remote_peer)
+                .is_some_and(|p| {
+                    self.sessions
+                        .iter()
+                        .any(|(r, s)| r.tag.is_none() && s.remote_peer == Some(p))
+                })
+    }
 }
 
 #[derive(Debug)]
@@ -626,8 +657,30 @@ impl Node {
             }
             Input::LinkDown { link } => {
                 self.links.remove(&link);
-                for d in self.docs.values_mut() {
+                let mut takeover = Vec::new();
+                for (doc, d) in self.docs.iter_mut() {
+                    let lost: BTreeSet<PeerId> = d
+                        .sessions
+                        .iter()
+                        .filter(|(r, _)| r.link == link && r.tag.is_none())
+                        .filter_map(|(_, s)| s.remote_peer)
+                        .collect();
                     d.sessions.retain(|r, _| r.link != link);
+                    // The relay path takes over at once for the peers of a
+                    // direct link that went down: a `Have` now resumes sync
+                    // from what each side holds (nothing in flight is lost).
+                    takeover.extend(
+                        d.sessions
+                            .iter()
+                            .filter(|(r, s)| {
+                                r.tag.is_some() && s.remote_peer.is_some_and(|p| lost.contains(&p))
+                            })
+                            .map(|(r, _)| (*doc, *r)),
+                    );
+                }
+                for (doc, route) in takeover {
+                    self.send_have(doc, route);
+                    self.pump(doc, route);
                 }
                 Ok(())
             }
@@ -682,8 +735,18 @@ impl Node {
 
     fn send_relay(&mut self, link: LinkId, req: &RelayRequest) {
         let bytes = encode_frame(req);
+        self.emit(link, bytes);
+    }
+
+    /// Hands a frame for `link` to the host, counting it.
+    fn emit(&mut self, link: LinkId, bytes: Vec<u8>) {
+        let n = bytes.len() as u64;
         self.stats.frames_out += 1;
-        self.stats.bytes_out += bytes.len() as u64;
+        self.stats.bytes_out += n;
+        match self.links.get(&link).map(|l| l.kind) {
+            Some(LinkKind::Direct) => self.stats.bytes_out_direct += n,
+            Some(LinkKind::Relay) | None => self.stats.bytes_out_relay += n,
+        }
         self.outputs.push_back(Output::Send { link, bytes });
     }
 
@@ -708,12 +771,7 @@ impl Node {
                     room,
                     sealed: ByteVec::from(sealed),
                 });
-                self.stats.frames_out += 1;
-                self.stats.bytes_out += bytes.len() as u64;
-                self.outputs.push_back(Output::Send {
-                    link: route.link,
-                    bytes,
-                });
+                self.emit(route.link, bytes);
             }
         }
     }
@@ -736,7 +794,12 @@ impl Node {
         let Some(msg) = self.have_message(doc) else {
             return;
         };
-        self.send_sync(doc, route, &msg);
+        let standing_by = self.docs.get(&doc).is_some_and(|d| d.standing_by(route));
+        if !standing_by {
+            self.send_sync(doc, route, &msg);
+        }
+        // Noted as sent either way, so a session standing by is not due
+        // again at every tick.
         let now = self.now;
         if let Some(s) = self
             .docs
@@ -1076,36 +1139,66 @@ impl Node {
         self.broadcast(doc, &msg);
     }
 
-    /// Sends `msg` to every peer of `doc`: one publish per joined relay
-    /// room, and each direct link.
+    /// The relay links where `doc`'s room must be published to: joined,
+    /// with a member that has no direct link to this replica (or that has
+    /// not said who it is yet). When every member of a room is linked
+    /// directly, the direct links carry everything and the relay only
+    /// stands by.
+    fn relay_links_needed(&self, doc: DocId) -> Vec<LinkId> {
+        let Some(d) = self.docs.get(&doc) else {
+            return Vec::new();
+        };
+        let direct = d.direct_peers();
+        self.links
+            .iter()
+            .filter(|(_, l)| matches!(l.rooms.get(&d.room), Some(Membership::Joined(_))))
+            .filter(|(id, _)| {
+                let mut members = d.sessions.iter().filter(|(r, _)| r.link == **id);
+                let all_direct =
+                    members.all(|(_, s)| s.remote_peer.is_some_and(|p| direct.contains(&p)));
+                // A room where no one else is known is published to too:
+                // its members may not have introduced themselves yet.
+                !all_direct || !d.sessions.keys().any(|r| r.link == **id)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Publishes a sync message (encoded, not sealed) to `doc`'s room on
+    /// each of `links`; whether anything was sent.
+    fn publish(&mut self, doc: DocId, links: &[LinkId], plain: &[u8]) -> bool {
+        let mut frames = Vec::with_capacity(links.len());
+        if let Some(d) = self.docs.get(&doc) {
+            for link in links {
+                let sealed = seal_transport(&d.transport, &d.room, plain, &mut self.rng);
+                let bytes = encode_frame(&RelayRequest::Publish {
+                    room: d.room,
+                    payload: ByteVec::from(sealed),
+                });
+                frames.push((*link, bytes));
+            }
+        }
+        let sent = !frames.is_empty();
+        for (link, bytes) in frames {
+            self.emit(link, bytes);
+        }
+        sent
+    }
+
+    /// Sends `msg` to every peer of `doc`: one publish per relay room
+    /// that needs it ([`Node::relay_links_needed`]), and each direct link.
     fn broadcast(&mut self, doc: DocId, msg: &SyncMessage) {
         let Some(d) = self.docs.get(&doc) else {
             return;
         };
-        let room = d.room;
         let direct: Vec<Route> = d
             .sessions
             .keys()
             .filter(|r| r.tag.is_none())
             .copied()
             .collect();
-        let relay_links: Vec<LinkId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Membership::Joined(_))))
-            .map(|(id, _)| *id)
-            .collect();
-        let plain = encode_frame(msg);
-        for link in relay_links {
-            let sealed = seal_transport(&d.transport, &room, &plain, &mut self.rng);
-            let bytes = encode_frame(&RelayRequest::Publish {
-                room,
-                payload: ByteVec::from(sealed),
-            });
-            self.stats.frames_out += 1;
-            self.stats.bytes_out += bytes.len() as u64;
-            self.outputs.push_back(Output::Send { link, bytes });
-        }
+        let links = self.relay_links_needed(doc);
+        self.publish(doc, &links, &encode_frame(msg));
         for r in direct {
             self.send_sync(doc, r, msg);
         }
@@ -1465,22 +1558,14 @@ impl Node {
 
     /// Sends freshly saved local envelopes to every room and direct peer.
     fn push_live(&mut self, doc: DocId, envs: Vec<Envelope>) {
-        let Some(state) = self.docs.get(&doc) else {
-            return;
-        };
-        let room = state.room;
         let me = self.identity.peer_id();
         let Some(upto) = envs.last().map(Envelope::seq) else {
             return;
         };
         let mut sent = false;
-        // Relay rooms: one publish reaches every member.
-        let relay_links: Vec<LinkId> = self
-            .links
-            .iter()
-            .filter(|(_, l)| matches!(l.rooms.get(&room), Some(Membership::Joined(_))))
-            .map(|(id, _)| *id)
-            .collect();
+        // Relay rooms: one publish reaches every member (unless each of
+        // them has a direct link, which carries it below).
+        let relay_links = self.relay_links_needed(doc);
         for chunk in chunk_by_bytes(&envs, self.config.sync.batch_bytes) {
             let msg = SyncMessage::Envelopes {
                 batch: 0,
@@ -1489,21 +1574,7 @@ impl Node {
                     .map(|e| ByteVec::from(e.bytes().to_vec()))
                     .collect(),
             };
-            let Some(state) = self.docs.get(&doc) else {
-                return;
-            };
-            let plain = encode_frame(&msg);
-            for link in &relay_links {
-                let sealed = seal_transport(&state.transport, &room, &plain, &mut self.rng);
-                let bytes = encode_frame(&RelayRequest::Publish {
-                    room,
-                    payload: ByteVec::from(sealed),
-                });
-                self.stats.frames_out += 1;
-                self.stats.bytes_out += bytes.len() as u64;
-                self.outputs.push_back(Output::Send { link: *link, bytes });
-                sent = true;
-            }
+            sent |= self.publish(doc, &relay_links, &encode_frame(&msg));
         }
         if let Some(state) = self.docs.get_mut(&doc) {
             for (route, s) in state.sessions.iter_mut() {
@@ -1578,6 +1649,9 @@ impl Node {
             let Some(state) = self.docs.get_mut(&doc) else {
                 return;
             };
+            if state.standing_by(route) {
+                return;
+            }
             let Some(session) = state.sessions.get_mut(&route) else {
                 return;
             };
@@ -2012,7 +2086,16 @@ mod tests {
         seen: Vec<Vec<u8>>,
         /// What each node (tag 1, 2) sent that is not forwarded yet.
         stash: [Vec<Output>; 2],
+        /// Frames on the direct link ([`DIRECT`]) between the two: moved
+        /// from one to the other, or dropped while `cut`.
+        direct_frames: usize,
+        cut: bool,
+        /// Changes each node was handed to apply (tag 1, 2).
+        applied: [Vec<Vec<u8>>; 2],
     }
+
+    /// The direct link of [`FakeRelay`]'s two nodes.
+    const DIRECT: LinkId = LinkId(2);
 
     impl FakeRelay {
         /// Moves one round of frames between `a` (tag 1) and `b` (tag 2).
@@ -2034,12 +2117,34 @@ mod tests {
         ) {
             let mut stash = core::mem::take(&mut self.stash[from_tag as usize - 1]);
             stash.extend(core::iter::from_fn(|| from.poll()));
-            let requests = stash.into_iter().filter_map(|out| match out {
-                Output::Send { bytes, .. } => {
-                    Some(decode_frame::<RelayRequest>(&bytes, crate::wire::MAX_FRAME).unwrap())
+            let mut requests = Vec::new();
+            for out in stash {
+                match out {
+                    Output::Send { link: DIRECT, .. } if self.cut => {}
+                    Output::Send {
+                        link: DIRECT,
+                        bytes,
+                    } => {
+                        self.direct_frames += 1;
+                        // A frame sent before the other end closed the link is lost.
+                        let input = Input::Received {
+                            link: DIRECT,
+                            bytes,
+                        };
+                        match to.handle(now, input) {
+                            Ok(()) | Err(NodeError::UnknownLink(DIRECT)) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    Output::Send { bytes, .. } => requests.push(
+                        decode_frame::<RelayRequest>(&bytes, crate::wire::MAX_FRAME).unwrap(),
+                    ),
+                    Output::Persist { doc, batch, .. } => {
+                        from.handle(now, Input::Persisted { doc, batch }).unwrap();
+                    }
+                    _ => {}
                 }
-                _ => None,
-            });
+            }
             for req in requests {
                 let (ev, to_sender) = match req {
                     RelayRequest::Join { room } => {
@@ -2088,7 +2193,10 @@ mod tests {
             while let Some(out) = to.poll() {
                 match out {
                     Output::Event(e) => events.push(e),
-                    send @ Output::Send { .. } => self.stash[to_tag - 1].push(send),
+                    Output::Apply { changes, .. } => self.applied[to_tag - 1].extend(changes),
+                    out @ (Output::Send { .. } | Output::Persist { .. }) => {
+                        self.stash[to_tag - 1].push(out)
+                    }
                     _ => {}
                 }
             }
@@ -2116,6 +2224,9 @@ mod tests {
             room: crate::crypto::room_id(key, &doc),
             seen: Vec::new(),
             stash: [Vec::new(), Vec::new()],
+            direct_frames: 0,
+            cut: false,
+            applied: [Vec::new(), Vec::new()],
         };
         for _ in 0..4 {
             relay.round(now, &mut a, &mut b);
@@ -2294,5 +2405,86 @@ mod tests {
         let fine = signed(&eve, eve.peer_id(), pb, b"offer");
         assert_eq!(deliver_to_b(&fine), (Ok(()), true));
         let _ = a.poll();
+    }
+
+    #[test]
+    fn a_direct_link_carries_sync_and_the_relay_takes_over_when_it_fails() {
+        let doc = DocId([5; 16]);
+        let key = DocKey::from_bytes([6; 32]);
+        let (mut a, mut b, mut relay) = via_relay(doc, &key);
+        let mut now = Timestamp(10);
+        let change = |n: &mut Node, now, bytes: &[u8]| {
+            n.handle(
+                now,
+                Input::LocalChange {
+                    doc,
+                    change: bytes.to_vec(),
+                },
+            )
+            .unwrap()
+        };
+        // Through the relay while there is no direct link.
+        change(&mut a, now, b"one");
+        for _ in 0..3 {
+            relay.round(now, &mut a, &mut b);
+        }
+        assert_eq!(relay.applied[1], vec![b"one".to_vec()]);
+
+        // A direct link comes up: after the first exchanges on it, sync
+        // uses it alone (the relay forwards nothing), in both directions.
+        for n in [&mut a, &mut b] {
+            n.handle(
+                now,
+                Input::LinkUp {
+                    link: DIRECT,
+                    kind: LinkKind::Direct,
+                },
+            )
+            .unwrap();
+        }
+        for _ in 0..3 {
+            relay.round(now, &mut a, &mut b);
+        }
+        let (relayed, direct) = (relay.seen.len(), relay.direct_frames);
+        let relay_bytes = a.stats().bytes_out_relay;
+        change(&mut a, now, b"two");
+        change(&mut b, now, b"from b");
+        // Anti-entropy rounds go direct too.
+        now = now.plus(SyncConfig::default().anti_entropy_ms);
+        a.handle(now, Input::Tick).unwrap();
+        b.handle(now, Input::Tick).unwrap();
+        for _ in 0..3 {
+            relay.round(now, &mut a, &mut b);
+        }
+        assert_eq!(relay.applied[1], vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(relay.applied[0], vec![b"from b".to_vec()]);
+        assert_eq!(relay.seen.len(), relayed, "nothing through the relay");
+        assert!(relay.direct_frames > direct);
+        assert_eq!(a.stats().bytes_out_relay, relay_bytes);
+        assert!(a.stats().bytes_out_direct > 0);
+
+        // The link fails with a change in flight on it (lost): the relay
+        // path takes over at once and nothing is lost.
+        relay.cut = true;
+        change(&mut a, now, b"three");
+        relay.round(now, &mut a, &mut b);
+        for n in [&mut a, &mut b] {
+            n.handle(now, Input::LinkDown { link: DIRECT }).unwrap();
+        }
+        relay.cut = false;
+        change(&mut a, now, b"four");
+        for _ in 0..4 {
+            relay.round(now, &mut a, &mut b);
+        }
+        assert_eq!(
+            relay.applied[1],
+            vec![
+                b"one".to_vec(),
+                b"two".to_vec(),
+                b"three".to_vec(),
+                b"four".to_vec()
+            ]
+        );
+        assert!(relay.seen.len() > relayed);
     }
 }
