@@ -13,7 +13,9 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use automerge::transaction::Transaction;
-use automerge::{ActorId, Automerge, AutomergeError, Change, ChangeHash, ReadDoc, TextEncoding};
+use automerge::{
+    ActorId, Automerge, AutomergeError, Change, ChangeHash, Patch, PatchLog, ReadDoc, TextEncoding,
+};
 
 use crate::crypto::Identity;
 use crate::id::{DocId, PeerId};
@@ -23,6 +25,11 @@ use crate::time::Timestamp;
 /// An Automerge document held by one replica.
 pub struct Document {
     am: Automerge,
+    /// While recording ([`Document::record_patches`]): the patches of every
+    /// change made or applied since they were last taken.
+    patches: Option<Vec<Patch>>,
+    /// A batch Automerge refused may have applied in part, unrecorded.
+    patches_lost: bool,
 }
 
 impl fmt::Debug for Document {
@@ -40,7 +47,30 @@ impl Document {
         Document {
             am: Automerge::new_with_encoding(TextEncoding::UnicodeCodePoint)
                 .with_actor(ActorId::from(author.as_bytes().as_slice())),
+            patches: None,
+            patches_lost: false,
         }
+    }
+
+    /// From now on, keeps the patches of every change made or applied (for
+    /// [`Document::take_patches`]). Each change logs its own patches as it
+    /// is made, so their cost follows the change, not the document (which
+    /// `Automerge::diff` between two heads does not).
+    pub fn record_patches(&mut self) {
+        if self.patches.is_none() {
+            self.patches = Some(Vec::new());
+        }
+    }
+
+    /// The patches recorded since the last call, in order; `None` when they
+    /// cannot describe what changed (not recording, or a batch of remote
+    /// changes was refused after applying in part): read the document again.
+    pub fn take_patches(&mut self) -> Option<Vec<Patch>> {
+        let patches = self.patches.as_mut().map(core::mem::take);
+        if core::mem::take(&mut self.patches_lost) {
+            return None;
+        }
+        patches
     }
 
     /// Runs `f` in a transaction and commits it. Returns `f`'s value and the
@@ -49,7 +79,16 @@ impl Document {
         &mut self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<T, AutomergeError>,
     ) -> Result<(T, Option<Vec<u8>>), AutomergeError> {
-        let mut tx = self.am.transaction();
+        let recording = self.patches.is_some();
+        let mut tx = if recording {
+            // A fresh log cannot belong to another document.
+            let Ok(tx) = self.am.transaction_log_patches(PatchLog::active()) else {
+                return Err(AutomergeError::Fail);
+            };
+            tx
+        } else {
+            self.am.transaction()
+        };
         let value = match f(&mut tx) {
             Ok(v) => v,
             Err(e) => {
@@ -57,7 +96,10 @@ impl Document {
                 return Err(e);
             }
         };
-        let (hash, _) = tx.commit();
+        let (hash, mut log) = tx.commit();
+        if let Some(out) = &mut self.patches {
+            out.extend(self.am.make_patches(&mut log));
+        }
         let bytes = hash
             .and_then(|h| self.am.get_change_by_hash(&h))
             .map(|c| c.raw_bytes().to_vec());
@@ -72,7 +114,23 @@ impl Document {
             decoded
                 .push(Change::from_bytes(c).map_err(|e| ReplicaError::BadChange(e.to_string()))?);
         }
-        Ok(self.am.apply_changes(decoded)?)
+        Ok(self.apply_decoded(decoded)?)
+    }
+
+    /// Applies decoded changes, recording their patches when asked to.
+    fn apply_decoded(&mut self, changes: Vec<Change>) -> Result<(), AutomergeError> {
+        let Some(out) = &mut self.patches else {
+            return self.am.apply_changes(changes);
+        };
+        let mut log = PatchLog::active();
+        let result = self.am.apply_changes_log_patches(changes, &mut log);
+        match result {
+            Ok(()) => out.extend(self.am.make_patches(&mut log)),
+            // Rare (a change signed by its author that Automerge refuses):
+            // the reader reads the whole document again instead.
+            Err(_) => self.patches_lost = true,
+        }
+        result
     }
 
     pub fn heads(&self) -> Vec<ChangeHash> {
@@ -223,6 +281,25 @@ impl Replica {
         self.docs.get(&doc)
     }
 
+    /// Starts recording the patches of `doc`'s local and remote changes
+    /// (see [`Document::record_patches`]); a host that shows the document
+    /// calls it once the stored state is loaded.
+    pub fn record_patches(&mut self, doc: DocId) -> Result<(), NodeError> {
+        self.docs
+            .get_mut(&doc)
+            .ok_or(NodeError::UnknownDoc(doc))?
+            .record_patches();
+        Ok(())
+    }
+
+    /// The patches recorded for `doc` since the last call (changes applied
+    /// so far: call it after [`Replica::poll`] gave `Event::Changed` or
+    /// `Event::Rejected`, or after [`Replica::change`]); `None`: read the
+    /// document again (see [`Document::take_patches`]).
+    pub fn take_patches(&mut self, doc: DocId) -> Option<Vec<Patch>> {
+        self.docs.get_mut(&doc).and_then(Document::take_patches)
+    }
+
     /// Makes a local change: runs `f` on the document and hands the change
     /// to the node (sealed, persisted, then sent). Changes the node has
     /// accepted but not yet applied (the host has not drained it since
@@ -332,7 +409,7 @@ impl Replica {
                     })),
                 }
             }
-            let event = match d.am.apply_changes(decoded) {
+            let event = match d.apply_decoded(decoded) {
                 Ok(()) => Event::Changed { doc },
                 Err(e) => Event::Rejected {
                     doc,
@@ -538,6 +615,93 @@ mod tests {
         while pump(&mut a, &mut b) | pump(&mut b, &mut a) {}
         let seen: Vec<PeerId> = a.node().sync_status(doc).iter().map(|p| p.peer).collect();
         assert_eq!(seen, vec![b.node().peer_id()]);
+    }
+
+    /// The text and counter a list of patches leads to from `(body, n)`.
+    fn play(mut body: Vec<char>, mut n: i64, patches: &[Patch]) -> (String, i64) {
+        use automerge::{PatchAction, Prop};
+        for p in patches {
+            match &p.action {
+                PatchAction::SpliceText { index, value, .. } => {
+                    let at = *index;
+                    body.splice(at..at, value.make_string().chars());
+                }
+                PatchAction::DeleteSeq { index, length } => {
+                    body.drain(*index..*index + *length);
+                }
+                PatchAction::PutMap { key, value, .. } if key == "n" => {
+                    n = value.0.as_i64().unwrap();
+                }
+                other => panic!("unexpected patch {other:?} at {:?}", p.path),
+            }
+            if let PatchAction::SpliceText { .. } | PatchAction::DeleteSeq { .. } = &p.action {
+                assert_eq!(
+                    p.path.last().map(|(_, k)| k),
+                    Some(&Prop::Map("body".into()))
+                );
+            }
+        }
+        (body.into_iter().collect(), n)
+    }
+
+    fn state(d: &Document) -> (String, i64) {
+        let am = d.automerge();
+        let body = am.get(ROOT, "body").unwrap().unwrap().1;
+        let n = am
+            .get(ROOT, "n")
+            .unwrap()
+            .map_or(0, |(v, _)| v.as_i64().unwrap());
+        (am.text(&body).unwrap(), n)
+    }
+
+    /// Recorded patches take a view of the document from its state before
+    /// a change (local, or applied in a batch) to its state after.
+    #[test]
+    fn recorded_patches_lead_from_the_old_state_to_the_new() {
+        use automerge::ObjType;
+        let mut a = Document::new(PeerId([1; 32]));
+        let mut b = Document::new(PeerId([2; 32]));
+        let (_, c0) = a
+            .change(|tx| tx.put_object(ROOT, "body", ObjType::Text))
+            .unwrap();
+        b.apply(vec![c0.unwrap()]).unwrap();
+        a.record_patches();
+        b.record_patches();
+        let mut changes = Vec::new();
+        let steps: [(usize, isize, &str); 5] = [
+            (0, 0, "hello"),
+            (5, 0, " wörld 🦀"),
+            (0, 1, "J"),
+            (3, 2, ""),
+            (8, 0, "!"),
+        ];
+        for (i, (at, del, text)) in steps.into_iter().enumerate() {
+            let (body, n) = state(&a);
+            let (_, c) = a
+                .change(|tx| {
+                    let body = tx.get(ROOT, "body")?.unwrap().1;
+                    tx.splice_text(&body, at, del, text)?;
+                    tx.put(ROOT, "n", i as i64 + 1)
+                })
+                .unwrap();
+            let local = a.take_patches().unwrap();
+            assert_eq!(
+                play(body.chars().collect(), n, &local),
+                state(&a),
+                "step {i}"
+            );
+            changes.push(c.unwrap());
+        }
+        assert_eq!(a.take_patches(), Some(Vec::new()), "taken once");
+        // Applied in one batch, as `Replica::flush` does.
+        let (body, n) = state(&b);
+        b.apply(changes).unwrap();
+        assert_eq!(b.heads(), a.heads());
+        let remote = b.take_patches().unwrap();
+        assert_eq!(play(body.chars().collect(), n, &remote), state(&a));
+        // A change that fails is rolled back and records nothing.
+        assert!(a.change(|_| Err::<(), _>(AutomergeError::Fail)).is_err());
+        assert_eq!(a.take_patches(), Some(Vec::new()));
     }
 
     #[test]

@@ -39,13 +39,22 @@ export function text(value: string): TextValue;
 /** Inside `doc.change`: edits the text at `object[key]` (indices count Unicode code points). */
 export function splice(object: object, key: string, index: number, deleteCount: number, insert?: string): void;
 
-/** One step of a change, as subscribers see it. `path` ends at the key or index changed. */
+/**
+ * One step of a change, as subscribers see it. `path` ends at the key or
+ * index changed (text and list indices count from the state after the
+ * patches before it). Applying a change's patches in order to the value
+ * before it gives the value after it.
+ */
 export interface Patch {
   action: "put" | "insert" | "del" | "splice" | "inc" | "conflict" | "mark";
   path: (string | number)[];
-  /** The new value (`put`, `inc`), or the inserted text (`splice`). */
+  /**
+   * The new value (`put`, `inc`), or the inserted text (`splice`, at a
+   * position counted in code points). A new object, list or text arrives
+   * empty (`{}`, `[]`, `""`) and the patches after it fill it.
+   */
   value?: Value;
-  /** Inserted list items (`insert`). */
+  /** Inserted list items (`insert`; objects empty, as for `value`). */
   values?: Value[];
   /** How many list items were removed (`del` in a list). */
   length?: number;
@@ -137,7 +146,9 @@ export class DocHandle<T = { [key: string]: Value }> {
   /**
    * Changes the document: edit the draft like a plain object
    * (`d.title = "x"`, `delete d.old`, `d.items.push(1)`). All edits of one
-   * call become one change: sealed, saved, then sent. Returns the new value.
+   * call become one change: sealed, saved, then sent. Returns the new
+   * value, frozen (read-only). Costs what the edits touch, not the size of
+   * the document.
    */
   change(fn: (draft: T) => void): T;
   /** Calls `cb` after every change, local or remote. Returns an unsubscribe function. */

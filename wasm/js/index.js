@@ -109,6 +109,27 @@ export function text(value) {
   return { [TEXT]: String(value) };
 }
 
+// Text positions count Unicode code points (as in the engine); JS strings
+// count UTF-16 units. Text without surrogate pairs needs no conversion.
+const SURROGATE = /[\uD800-\uDFFF]/;
+function cpOffset(s, from, count) {
+  let i = from;
+  for (let n = 0; n < count && i < s.length; n++) {
+    const c = s.charCodeAt(i);
+    i += c >= 0xd800 && c <= 0xdbff && i + 1 < s.length ? 2 : 1;
+  }
+  return i;
+}
+/**
+ * `s` with `deleteCount` code points at code point `index` replaced by
+ * `insert`; `plain`: `s` has no surrogate pairs (scanned when not known).
+ */
+function spliceText(s, index, deleteCount, insert, plain = !SURROGATE.test(s)) {
+  if (plain) return s.slice(0, index) + insert + s.slice(index + deleteCount);
+  const start = cpOffset(s, 0, index);
+  return s.slice(0, start) + insert + s.slice(cpOffset(s, start, deleteCount));
+}
+
 /**
  * Edits a text object inside `doc.change`: `splice(d, "body", 0, 0, "Hi ")`
  * inserts at the start of `d.body`.
@@ -119,9 +140,29 @@ export function splice(object, key, index, deleteCount, insert = "") {
   if (!path || !ops) throw new ChangeError("splice() takes an object of the draft inside doc.change()");
   ops.push(["text", [...path, key], index, deleteCount, String(insert)]);
   const target = object[TARGET];
-  const old = String(target[key] ?? "");
-  target[key] = old.slice(0, index) + String(insert) + old.slice(index + deleteCount);
+  const old = target[key];
+  const ins = String(insert);
+  if (old !== null && typeof old === "object" && typeof old[TEXT] === "string") {
+    // Text made earlier in the same change.
+    target[key] = { [TEXT]: spliceText(old[TEXT], index, deleteCount, ins) };
+    return;
+  }
+  // An editor splices one text many times in a change: scan it for
+  // surrogate pairs once, then only what each splice inserts.
+  let known = plainTexts.get(target);
+  const text = String(old ?? "");
+  const plain = known?.has(key) || !SURROGATE.test(text);
+  target[key] = spliceText(text, index, deleteCount, ins, plain);
+  if (plain && !SURROGATE.test(ins)) {
+    if (!known) plainTexts.set(target, (known = new Set()));
+    known.add(key);
+  } else {
+    known?.delete(key);
+  }
 }
+// Per draft container: the keys whose text is known to hold no surrogate
+// pairs (forgotten when the container is otherwise edited).
+const plainTexts = new WeakMap();
 const TARGET = Symbol("mycel.target");
 
 // A plain copy of a value (drafts included) for storing.
@@ -138,13 +179,136 @@ function isContainer(v) {
   return v !== null && typeof v === "object" && !(v instanceof Uint8Array) && !(v instanceof Date);
 }
 
-// The draft: a proxy over a copy of the document that records every edit
-// as an operation for the engine, and applies it to the copy so that later
-// reads inside the same change see it.
-function draft(target, path, ops) {
+// A mutable deep copy of a (frozen) value; strings are shared, not copied.
+function thaw(v) {
+  if (v === null || typeof v !== "object") return v;
+  if (v instanceof Uint8Array) return new Uint8Array(v);
+  if (v instanceof Date) return new Date(v.getTime());
+  if (Array.isArray(v)) return Array.from(v, thaw);
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, thaw(x)]));
+}
+
+// One level of a container, copied.
+function shallow(v) {
+  return Array.isArray(v) ? v.slice() : { ...v };
+}
+
+/**
+ * The frozen value `root` with the patches of one change event applied
+ * (see Patch in index.d.ts: objects arrive empty and later patches fill
+ * them). Only the containers on the patched paths are copied, once per
+ * event; everything else is shared with `root`. Throws on a patch that
+ * does not fit the value (the caller then reloads it from the engine).
+ */
+function applyPatches(root, patches) {
+  const fresh = new Set();
+  const unsorted = new Set();
+  const writable = (v) => {
+    if (!isContainer(v)) throw new Error("a patch path runs through a non-object");
+    if (fresh.has(v)) return v;
+    const c = shallow(v);
+    fresh.add(c);
+    return c;
+  };
+  // Values from patches are copied: subscribers get the patches too.
+  const adopt = (v) => {
+    if (!isContainer(v)) return thaw(v);
+    const c = Array.isArray(v) ? [] : {};
+    fresh.add(c);
+    return c;
+  };
+  root = writable(root);
+  for (const { action, path, value, values, length } of patches) {
+    if (action === "conflict" || action === "mark" || path.length === 0) continue;
+    const at = path[path.length - 1];
+    // `target`: what holds `at`, made writable on the way (a text is a
+    // string, replaced in `holder[key]`).
+    let target = root;
+    let holder = null;
+    let key = null;
+    for (let i = 0; i < path.length - 1; i++) {
+      holder = target;
+      key = path[i];
+      const next = target[key];
+      if (typeof next === "string" && i === path.length - 2) {
+        target = next;
+      } else {
+        target = writable(next);
+        holder[key] = target;
+      }
+    }
+    if (typeof target === "string") {
+      if (action === "splice") holder[key] = spliceText(target, at, 0, String(value));
+      else if (action === "del") holder[key] = spliceText(target, at, length ?? 1, "");
+      else if (action === "put") holder[key] = spliceText(target, at, 1, String(value));
+    } else if (Array.isArray(target)) {
+      if (action === "insert") {
+        const items = values.map(adopt);
+        if (items.length < 1000) target.splice(at, 0, ...items);
+        else {
+          // Without spreading a long list into arguments.
+          const rest = target.splice(at);
+          for (const x of items) target.push(x);
+          for (const x of rest) target.push(x);
+        }
+      } else if (action === "del") target.splice(at, length ?? 1);
+      else if (action === "put") target[at] = adopt(value);
+      else if (action === "inc") target[at] += value;
+    } else if (action === "put") {
+      // A new key goes where the engine lists it (keys in order).
+      if (!Object.hasOwn(target, at)) unsorted.add(target);
+      target[at] = adopt(value);
+    } else if (action === "del") delete target[at];
+    else if (action === "inc") target[at] += value;
+  }
+  for (const o of unsorted) sortKeys(o);
+  for (const c of fresh) Object.freeze(c);
+  return root;
+}
+
+// Orders an object's keys as the engine does (by code point).
+function sortKeys(o) {
+  const entries = Object.entries(o).sort(([a], [b]) => compareCodePoints(a, b));
+  for (const [k] of entries) delete o[k];
+  for (const [k, v] of entries) o[k] = v;
+}
+function compareCodePoints(a, b) {
+  for (let i = 0, j = 0; i < a.length && j < b.length; ) {
+    const x = a.codePointAt(i);
+    const y = b.codePointAt(j);
+    if (x !== y) return x - y;
+    i += x > 0xffff ? 2 : 1;
+    j += y > 0xffff ? 2 : 1;
+  }
+  return a.length === b.length ? 0 : [...a].length - [...b].length;
+}
+
+// The draft: a proxy over the document's value that records every edit as
+// an operation for the engine and applies it to a private copy, so that
+// later reads inside the same change see it. Each container is copied (one
+// level) when the draft first reaches it, so a change costs what it
+// touches, not the size of the document.
+function draftOf(value, ops) {
+  const owned = new WeakSet();
+  const own = (v) => {
+    const c = shallow(v);
+    owned.add(c);
+    return c;
+  };
+  const root = own(value);
+  return { root, draft: draft(root, [], ops, (t, key) => {
+    const v = t[key];
+    if (!isContainer(v) || owned.has(v)) return v;
+    const c = own(v);
+    t[key] = c;
+    return c;
+  }) };
+}
+
+function draft(target, path, ops, reach) {
   const child = (key) => {
-    const v = target[key];
-    return isContainer(v) ? draft(v, [...path, Array.isArray(target) ? Number(key) : key], ops) : v;
+    const v = reach(target, key);
+    return isContainer(v) ? draft(v, [...path, Array.isArray(target) ? Number(key) : key], ops, reach) : v;
   };
   const listMethods = Array.isArray(target) && {
     push: (...items) => {
@@ -188,12 +352,16 @@ function draft(target, path, ops) {
       if (key === OPS) return ops;
       if (key === TARGET) return t;
       if (typeof key === "symbol") return Reflect.get(t, key, receiver);
-      if (listMethods && Object.hasOwn(listMethods, key)) return listMethods[key];
+      if (listMethods && Object.hasOwn(listMethods, key)) {
+        plainTexts.delete(t);
+        return listMethods[key];
+      }
       if (Array.isArray(t) && key !== "length" && !/^\d+$/.test(key)) return Reflect.get(t, key, receiver);
       return child(key);
     },
     set(t, key, value) {
       if (typeof key === "symbol") throw new ChangeError("symbol keys cannot be stored");
+      plainTexts.delete(t);
       if (Array.isArray(t)) {
         if (key === "length") {
           const n = Number(value);
@@ -211,6 +379,7 @@ function draft(target, path, ops) {
     },
     deleteProperty(t, key) {
       if (typeof key === "symbol") return true;
+      plainTexts.delete(t);
       if (Array.isArray(t)) {
         ops.push(["splice", path, Number(key), 1, []]);
         t.splice(Number(key), 1);
@@ -282,6 +451,9 @@ export class DocHandle {
   #repo;
   #id;
   #listeners = new Listeners();
+  // The document's value, frozen, read from the engine once and then kept
+  // up to date from the patches of its change events (null: read it again).
+  #cache = null;
 
   constructor(repo, id) {
     this.#repo = repo;
@@ -293,24 +465,47 @@ export class DocHandle {
     return this.#id;
   }
 
+  #current() {
+    const engine = this.#repo._engine();
+    this.#cache ??= deepFreeze(call(() => engine.value(this.#id)));
+    return this.#cache;
+  }
+
   /** The document as a plain object (a fresh copy on every call). */
   value() {
-    return call(() => this.#repo._engine().value(this.#id));
+    return thaw(this.#current());
   }
 
   /**
    * Changes the document: `fn` gets a draft to edit like a plain object
    * (`d.title = "x"`, `delete d.old`, `d.items.push(1)`). Every edit of one
-   * call becomes one change, sealed, saved, then sent. Returns the new value.
+   * call becomes one change, sealed, saved, then sent. Returns the new
+   * value (frozen: read-only).
    */
   change(fn) {
     if (typeof fn !== "function") throw new ChangeError("change() takes a function that edits a draft");
     const engine = this.#repo._engine();
     const ops = [];
-    const root = call(() => engine.value(this.#id));
-    fn(draft(root, [], ops));
+    fn(draftOf(this.#current(), ops).draft);
+    // The engine's change event updates the cached value before this returns.
     if (ops.length > 0) call(() => engine.change(this.#id, ops));
-    return root;
+    return this.#current();
+  }
+
+  // The patches of a change event, as the engine emits it (before any
+  // listener runs, so the next change() or value() sees the new state).
+  _patched({ patches, reset }) {
+    if (this.#cache === null) return;
+    if (reset) {
+      this.#cache = null;
+      return;
+    }
+    try {
+      this.#cache = applyPatches(this.#cache, patches);
+    } catch (e) {
+      this.#cache = null;
+      this.#repo._warn(this.#id, `a change's patches did not fit the document's value, which is read again: ${e.message}`);
+    }
   }
 
   /** Calls `cb({ value, patches, local })` after every change, local or remote. Returns an unsubscribe function. */
@@ -423,6 +618,7 @@ export class Repo {
   // Events from the engine are dispatched in a microtask: listeners may
   // call the repo again, which they could not while the engine runs.
   #enqueue(kind, payload) {
+    if (kind === "change") this.#handles.get(payload.doc)?._patched(payload);
     this.#queue.push([kind, payload]);
     if (!this.#scheduled) {
       this.#scheduled = true;
@@ -445,6 +641,10 @@ export class Repo {
 
   _handle(id) {
     return this.#handle(id);
+  }
+
+  _warn(doc, message) {
+    this.#enqueue("warning", { doc, message });
   }
 
   #handle(id) {
@@ -553,10 +753,10 @@ class WorkerDocHandle {
   change(fn) {
     if (typeof fn !== "function") throw new ChangeError("change() takes a function that edits a draft");
     const ops = [];
-    const root = structuredClone(this.#value);
-    fn(draft(root, [], ops));
+    const { root, draft } = draftOf(this.#value, ops);
+    fn(draft);
     if (ops.length > 0) {
-      this.#value = deepFreeze(structuredClone(root));
+      this.#value = deepFreeze(root);
       this.#repo._request("change", [this.#id, ops]).catch((e) => {
         this.#repo._fire("error", { doc: this.#id, name: e.name, message: e.message });
         this.#repo._request("value", [this.#id]).then((v) => (this.#value = deepFreeze(v)), () => {});

@@ -228,7 +228,10 @@ impl Inner {
         )?;
         self.keys.insert(doc, key);
         self.drain();
-        // Loading is not a change anyone subscribed to: start reporting from here.
+        // Loading is not a change anyone subscribed to: start reporting from
+        // here. Each change then logs its own patches as it is made or
+        // applied, at a cost that follows the change, not the document.
+        self.replica.record_patches(doc)?;
         let heads = self.replica.doc(doc).map(|d| d.heads()).unwrap_or_default();
         self.heads.insert(doc, heads);
         Ok(())
@@ -380,7 +383,9 @@ impl Inner {
             ),
             Event::Changed { doc } => self.notify_change(doc, false),
             Event::Rejected { doc, reason } => {
-                self.warn(Some(doc), &format!("refused data from a peer: {reason}"))
+                self.warn(Some(doc), &format!("refused data from a peer: {reason}"));
+                // A refused batch may still have changed the document in part.
+                self.notify_change(doc, false);
             }
             Event::Equivocation { doc, author, seq } => self.warn(
                 Some(doc),
@@ -405,15 +410,19 @@ impl Inner {
         if *before == now {
             return;
         }
-        let am = d.automerge();
-        let patches = value::patches(am, am.diff(before, &now));
         self.heads.insert(doc, now);
+        // No patches: they could not be recorded (see `take_patches`), so
+        // the page reads the whole value again (`reset`).
+        let recorded = self.replica.take_patches(doc);
+        let reset = recorded.is_none();
+        let patches = value::patches(recorded.unwrap_or_default());
         self.emit(
             "change",
             obj(&[
                 ("doc", doc.to_string().into()),
                 ("patches", patches.into()),
                 ("local", local.into()),
+                ("reset", reset.into()),
             ]),
         );
     }

@@ -335,7 +335,9 @@ fn scalar(s: &ScalarValue) -> JsValue {
         ScalarValue::Timestamp(t) => js_sys::Date::new(&(*t as f64).into()).into(),
         ScalarValue::Str(s) => JsValue::from_str(s),
         ScalarValue::Bytes(b) => Uint8Array::from(b.as_slice()).into(),
-        other => JsValue::from_str(&other.to_string()),
+        // A kind of value from a later Automerge: its raw bytes (not its
+        // Display, whose float formatting would cost the .wasm).
+        ScalarValue::Unknown { bytes, .. } => Uint8Array::from(bytes.as_slice()).into(),
     }
 }
 
@@ -372,9 +374,21 @@ fn value(doc: &impl ReadDoc, v: &Value<'_>, id: &ObjId) -> JsValue {
     }
 }
 
+/// A value a patch puts or inserts: an object arrives empty (`{}`, `[]`,
+/// or `""` for text) and the patches after it fill it, so that applying
+/// the patches in order gives the document's new state.
+fn patch_value(v: &Value<'_>) -> JsValue {
+    match v {
+        Value::Object(ObjType::Map | ObjType::Table) => Object::new().into(),
+        Value::Object(ObjType::List) => Array::new().into(),
+        Value::Object(ObjType::Text) => JsValue::from_str(""),
+        Value::Scalar(s) => scalar(s),
+    }
+}
+
 /// Patches as plain objects: `{ action, path, value?, values?, length? }`
 /// where `path` ends with the key or index the action is at.
-pub fn patches(doc: &impl ReadDoc, patches: Vec<Patch>) -> Array {
+pub fn patches(patches: Vec<Patch>) -> Array {
     let out = Array::new();
     for p in patches {
         let path = Array::new();
@@ -384,25 +398,23 @@ pub fn patches(doc: &impl ReadDoc, patches: Vec<Patch>) -> Array {
         let o = Object::new();
         let (action, at) = match &p.action {
             PatchAction::PutMap {
-                key,
-                value: (v, id),
-                ..
+                key, value: (v, _), ..
             } => {
-                set(&o, "value", &value(doc, v, id));
+                set(&o, "value", &patch_value(v));
                 ("put", JsValue::from_str(key))
             }
             PatchAction::PutSeq {
                 index,
-                value: (v, id),
+                value: (v, _),
                 ..
             } => {
-                set(&o, "value", &value(doc, v, id));
+                set(&o, "value", &patch_value(v));
                 ("put", (*index as f64).into())
             }
             PatchAction::Insert { index, values } => {
                 let vs = Array::new();
-                for (v, id, _) in values.iter() {
-                    vs.push(&value(doc, v, id));
+                for (v, _, _) in values.iter() {
+                    vs.push(&patch_value(v));
                 }
                 set(&o, "values", &vs);
                 ("insert", (*index as f64).into())

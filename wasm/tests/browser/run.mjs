@@ -182,6 +182,16 @@ test("two pages sync through a real relay", async () => {
   const patches = remote.flatMap((e) => e.patches);
   assert.ok(patches.some((p) => p.action === "put" && p.path.join("/") === "from" && p.value === "b"), JSON.stringify(patches));
   assert.ok(patches.some((p) => p.action === "insert" && p.path.join("/") === "list/2"), JSON.stringify(patches));
+  // The value each page reads is kept from the patches: it matches the engine's own.
+  for (const p of [a, b]) {
+    const [kept, engine, warnings] = await p.evaluate(() => [
+      window.doc.value(),
+      window.repo._engine().value(window.doc.id),
+      window.events.filter((e) => e.kind === "warning").map((e) => e.message),
+    ]);
+    assert.deepEqual(kept, engine);
+    assert.deepEqual(warnings, []);
+  }
   const status = await a.evaluate(() => window.repo.status);
   assert.equal(status.online, true);
   const docStatus = Object.values(status.docs)[0];
@@ -388,6 +398,20 @@ test("the change API: nested lists, collaborative text, typed change errors", as
       d.todos.splice(1, 1);
       splice(d, "body", 0, 0, "hello ");
     });
+    // Text positions count code points: after an astral character too.
+    doc.change((d) => {
+      splice(d, "body", 5, 0, "🦀");
+      splice(d, "body", 7, 0, "_");
+    });
+    doc.change((d) => {
+      splice(d, "body", 5, 1, "");
+      d.todos[1].title = "bb";
+      d.todos.push([{ deep: text("x") }]);
+      splice(d.todos[2][0], "deep", 1, 0, "y");
+    });
+    doc.change((d) => {
+      d.todos.pop();
+    });
     const errors = [];
     for (const bad of [(d) => { d.x = undefined; }, (d) => { d.todos[9] = 1; }, (d) => { splice(d, "todos", 0, 0, "x"); }]) {
       try {
@@ -399,7 +423,11 @@ test("the change API: nested lists, collaborative text, typed change errors", as
     }
     await new Promise((r) => setTimeout(r, 50)); // events are dispatched in a microtask
     const v = doc.value();
+    const engine = window.repo._engine().value(doc.id);
     return {
+      kept: JSON.stringify(v),
+      engine: JSON.stringify(engine),
+      warnings: window.events.filter((e) => e.kind === "warning").map((e) => e.message),
       todos: v.todos,
       body: v.body,
       when: v.when instanceof Date && v.when.getTime(),
@@ -410,11 +438,13 @@ test("the change API: nested lists, collaborative text, typed change errors", as
       patchActions: seen.flatMap((e) => e.patches.map((p) => p.action)),
     };
   });
-  assert.deepEqual(result.todos, [{ title: "z", done: true }, { title: "b", done: false }]);
-  assert.equal(result.body, "hello world");
+  assert.deepEqual(result.todos, [{ title: "z", done: true }, { title: "bb", done: false }]);
+  assert.equal(result.body, "hello _world");
+  assert.equal(result.kept, result.engine, "the value kept from the patches is the engine's (keys in the same order too)");
+  assert.deepEqual(result.warnings, []);
   assert.equal(result.when, 0);
   assert.deepEqual(result.bytes, [1, 2, 3]);
-  assert.equal(result.changeEvents, 2, "one change event per change, none for refused ones");
+  assert.equal(result.changeEvents, 5, "one change event per change, none for refused ones");
   assert.ok(result.local);
   assert.ok(result.patchActions.includes("splice") && result.patchActions.includes("insert"), result.patchActions.join());
   for (const e of result.errors) {
