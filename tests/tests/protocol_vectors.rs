@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 
 use mycel_core::crypto::{
-    DocKey, DocKeys, Identity, Rng, leaf_digest, room_id, seal_transport, verify_envelope,
+    DocKey, DocKeys, Identity, Rng, leaf_digest, room_id, seal_transport, sign_digest,
+    signal_digest, verify_envelope,
 };
 use mycel_core::id::{DocId, PeerId};
 use mycel_core::wire::{
@@ -115,6 +116,20 @@ fn vectors() -> BTreeMap<&'static str, Vec<u8>> {
         }),
     );
     v.insert("sync-ack", encode_frame(&SyncMessage::Ack { batch: 1 }));
+    // A signal from the author to peer 05…05: incarnation 7, first message.
+    let (to, seq) = (PeerId([0x05; 32]), (7u64 << 32) | 1);
+    let digest = signal_digest(&room, &author.peer_id(), &to, seq, b"offer");
+    v.insert("signal-digest", digest.to_vec());
+    v.insert(
+        "sync-signal",
+        encode_frame(&SyncMessage::Signal {
+            from: author.peer_id(),
+            to,
+            seq,
+            payload: b"offer".to_vec().into(),
+            signature: sign_digest(&author, &digest).to_vec().into(),
+        }),
+    );
     let mut rng = Rng::from_seed([0x06; 32]);
     let sealed = seal_transport(
         keys.transport(),
@@ -262,5 +277,20 @@ fn docs_protocol_md_test_vectors_match_the_code() {
     assert!(
         wrong.is_empty(),
         "vectors differ from docs/protocol.md: {wrong:?}"
+    );
+}
+
+/// The signal digest of docs/protocol.md §5.2, written out with BLAKE3.
+#[test]
+fn signal_digest_follows_the_documented_formula() {
+    let room = room_id(&DocKey::from_bytes([0x01; 32]), &DocId([0x02; 16]));
+    let (from, to) = (PeerId([0x03; 32]), PeerId([0x05; 32]));
+    let seq: u64 = (7 << 32) | 1;
+    assert_eq!(
+        signal_digest(&room, &from, &to, seq, b"offer"),
+        derive(
+            "mycel signal sig v1",
+            &[&room.0, &from.0, &to.0, &seq.to_le_bytes(), b"offer"],
+        )
     );
 }
