@@ -11,7 +11,7 @@
 //! - Remote envelopes are verified before they are stored, forwarded or
 //!   applied; bad ones are reported as events and dropped.
 
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -356,7 +356,9 @@ struct DocState {
 
 impl DocState {
     /// The peers this replica has a direct link with for this document.
-    fn direct_peers(&self) -> BTreeSet<PeerId> {
+    /// (A Vec: a handful of links, and a set type of its own would add
+    /// its code to the browser's .wasm.)
+    fn direct_peers(&self) -> Vec<PeerId> {
         self.sessions
             .iter()
             .filter(|(r, _)| r.tag.is_none())
@@ -659,7 +661,7 @@ impl Node {
                 self.links.remove(&link);
                 let mut takeover = Vec::new();
                 for (doc, d) in self.docs.iter_mut() {
-                    let lost: BTreeSet<PeerId> = d
+                    let lost: Vec<PeerId> = d
                         .sessions
                         .iter()
                         .filter(|(r, _)| r.link == link && r.tag.is_none())
