@@ -61,6 +61,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod aead;
+pub mod channel;
 pub mod crypto;
 #[cfg(feature = "automerge")]
 pub mod doc;
