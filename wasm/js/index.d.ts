@@ -123,6 +123,11 @@ export interface DocStatus {
   pinningPeers: number;
 }
 
+export interface PeerStatus {
+  /** Linked directly (an open WebRTC data channel); otherwise through the relay. */
+  direct: boolean;
+}
+
 export interface RepoStatus {
   /** Connected to a relay. */
   online: boolean;
@@ -130,6 +135,12 @@ export interface RepoStatus {
   relay: string | null;
   peerId: string;
   docs: Record<string, DocStatus>;
+  /** Every peer met in any document, by peer id. */
+  peers: Record<string, PeerStatus>;
+  /** Bytes this repo sent on direct links (WebRTC data channels) since it opened. */
+  bytesDirect: number;
+  /** Bytes this repo sent to relays since it opened. */
+  bytesRelay: number;
 }
 
 /** One document of a repo. */
@@ -194,10 +205,24 @@ export interface RepoOptions {
    * reported by the repo's `error` event instead of a throw.
    */
   worker?: boolean;
+  /**
+   * Link directly with the peers of a document (a WebRTC data channel per
+   * peer, negotiated through the relay, which stays the fallback): default
+   * true. Off where the browser has no `RTCPeerConnection` (a Worker).
+   */
+  direct?: boolean;
+  /**
+   * ICE servers for direct links (`RTCConfiguration.iceServers`), e.g.
+   * `[{ urls: "stun:stun.example.org" }]`; default none: host candidates
+   * only, which link peers on one network.
+   */
+  iceServers?: RTCIceServer[];
 }
 
 export interface RepoEvents extends DocEvents {
   status: { online: boolean };
+  /** A direct link to `peer` opened (`direct: true`) or closed. */
+  link: { peer: string; direct: boolean };
   warning: { doc?: string; message: string };
   error: { name: string; message: string; doc?: string };
 }

@@ -590,10 +590,14 @@ export class Repo {
    * list of relays of one deployment to fail over between (omit to work
    * offline only); `name`: the IndexedDB database
    * (default "mycel"); `base`: what share links start with (default: this
-   * page's address); `wasm`: where the .wasm file is, if not beside this module.
+   * page's address); `wasm`: where the .wasm file is, if not beside this
+   * module; `direct`: link directly with peers over WebRTC (default true),
+   * with `iceServers` (default none: host candidates).
    */
-  static async open({ relay, name = "mycel", base = defaultBase(), wasm, worker = false } = {}) {
+  static async open({ relay, name = "mycel", base = defaultBase(), wasm, worker = false, direct = true, iceServers = [] } = {}) {
     const relays = relayList(relay);
+    // A Worker has no RTCPeerConnection: its repo uses the relay alone.
+    const rtc = direct && typeof RTCPeerConnection === "function" ? { iceServers } : null;
     if (worker) return WorkerRepo.open({ relay: relays, name, base, wasm });
     await callAsync(() => load(wasm));
     const repo = new Repo(OPEN);
@@ -601,7 +605,7 @@ export class Repo {
     repo.#slot = await takeSlot(name);
     try {
       repo.#engine = await callAsync(() =>
-        Engine.open(name, repo.#slot.slot, relays, (kind, payload) => repo.#enqueue(kind, payload)),
+        Engine.open(name, repo.#slot.slot, relays, (kind, payload) => repo.#enqueue(kind, payload), rtc),
       );
     } catch (e) {
       repo.#slot.release();
@@ -661,7 +665,10 @@ export class Repo {
     return call(() => this._engine().peerId());
   }
 
-  /** `{ online, relay, peerId, docs: { [id]: { peers, synced, pinningPeers } } }` */
+  /**
+   * `{ online, relay, peerId, docs: { [id]: { peers, synced, pinningPeers } },
+   * peers: { [peerId]: { direct } }, bytesDirect, bytesRelay }`
+   */
   get status() {
     return call(() => this._engine().status());
   }

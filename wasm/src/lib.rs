@@ -32,6 +32,7 @@
 
 pub mod error;
 pub mod link;
+mod rtc;
 pub mod store;
 pub mod value;
 
@@ -157,6 +158,12 @@ struct Inner {
     socket: Option<Socket>,
     /// Other tabs of this repo (same origin and database).
     tabs: Option<Tabs>,
+    /// Direct links (WebRTC): the `RTCConfiguration` to make connections
+    /// with (none: direct links off), the connections, and closed ones
+    /// whose handler may still be running (dropped at the next tick).
+    rtc: Option<JsValue>,
+    conns: Vec<rtc::Conn>,
+    rtc_graveyard: Vec<rtc::Conn>,
     /// Sockets that closed; dropped only from another callback (a closure
     /// cannot be dropped while it runs).
     graveyard: Vec<Socket>,
@@ -254,7 +261,11 @@ impl Inner {
                         .and_then(|t| t.slot_of(link).map(|s| (t, s)))
                     {
                         Some((tabs, slot)) => tabs.post(Some(slot), "frame", Some(&bytes)),
-                        None => self.send(link, &bytes),
+                        None => {
+                            if !self.rtc_send(link, &bytes) {
+                                self.send(link, &bytes);
+                            }
+                        }
                     }
                 }
                 Output::Event(e) => self.on_event(e),
@@ -365,14 +376,18 @@ impl Inner {
                     ("copies", n(copies as u64)),
                 ]),
             ),
-            Event::PeerSeen { doc, peer, pinning } => self.emit(
-                "peer",
-                obj(&[
-                    ("doc", doc.to_string().into()),
-                    ("peer", peer.to_string().into()),
-                    ("pinning", pinning.into()),
-                ]),
-            ),
+            Event::PeerSeen { doc, peer, pinning } => {
+                self.emit(
+                    "peer",
+                    obj(&[
+                        ("doc", doc.to_string().into()),
+                        ("peer", peer.to_string().into()),
+                        ("pinning", pinning.into()),
+                    ]),
+                );
+                self.peer_met(doc, peer);
+            }
+            Event::Signal { doc, peer, payload } => self.on_signal(doc, peer, &payload),
             Event::Presence { doc, peer, state } => self.emit(
                 "presence",
                 obj(&[
@@ -439,6 +454,7 @@ impl Inner {
 
     fn tick(&mut self) {
         self.timer = None;
+        self.rtc_graveyard.clear();
         if self.closed {
             return;
         }
@@ -594,7 +610,23 @@ impl Inner {
             );
         }
         let online = self.socket.as_ref().is_some_and(|s| s.up);
+        // Per peer met in any document: whether it is linked directly.
+        let peers = Object::new();
+        for doc in self.keys.keys() {
+            for p in self.replica.node().sync_status(*doc) {
+                let linked = self.linked(&p.peer);
+                let _ = Reflect::set(
+                    &peers,
+                    &p.peer.to_string().into(),
+                    &obj(&[("direct", linked.into())]),
+                );
+            }
+        }
+        let stats = self.replica.node().stats();
         obj(&[
+            ("peers", peers.into()),
+            ("bytesDirect", (stats.bytes_out_direct as f64).into()),
+            ("bytesRelay", (stats.bytes_out_relay as f64).into()),
             ("online", online.into()),
             (
                 "relay",
@@ -718,6 +750,7 @@ impl Inner {
 
     fn close(&mut self) {
         self.closed = true;
+        self.close_conns();
         if let Some(tabs) = self.tabs.take() {
             tabs.post(None, "bye", None);
             tabs.channel.set_onmessage(None);
@@ -807,12 +840,14 @@ impl Engine {
     /// slot `slot`; `relays` are WebSocket URLs, in order of preference
     /// (the relays of one deployment; empty: offline only);
     /// `emit(kind, payload)` receives events and must not call the engine
-    /// synchronously.
+    /// synchronously; `rtc` is the `RTCConfiguration` of direct links
+    /// (WebRTC data channels to peers), or null to use the relay alone.
     pub async fn open(
         name: String,
         slot: u32,
         relays: Vec<String>,
         emit: Function,
+        rtc: JsValue,
     ) -> Result<Engine, JsValue> {
         for url in &relays {
             check_relay_url(url).map_err(HostError::Relay)?;
@@ -867,6 +902,9 @@ impl Engine {
                 write_failed: None,
                 closed: false,
                 tabs: None,
+                rtc: rtc.is_object().then_some(rtc),
+                conns: Vec::new(),
+                rtc_graveyard: Vec::new(),
             })
         });
         {

@@ -1,0 +1,188 @@
+// Direct links (WebRTC data channels, docs/protocol.md §5.3) between two
+// browser profiles in real headless Chromium, with a real relay for the
+// signaling:
+//
+//   unshare -n sh -c 'ip link set lo up; MYCEL_RELAY_BIN=… node rtc.mjs'
+//
+// `cargo xtask test` runs it so, in a network namespace of its own where
+// loopback is the only interface: the browsers' host candidates are
+// 127.0.0.1 (`--allow-loopback-in-peer-connection`; the microphone
+// permission makes Chromium show host addresses instead of mDNS names),
+// and nothing leaves the machine. Every wait is bounded.
+import { test, after, before } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { Relay, freePort } from "./relay.mjs";
+import { CHROMIUM_ARGS, serveStatic } from "./serve.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
+const relayBin = process.env.MYCEL_RELAY_BIN;
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const WAIT = 20_000; // the longest any single wait may take
+
+const watchdog = setTimeout(() => {
+  console.error("direct-link tests: still running after 180 s; giving up");
+  process.exit(1);
+}, 180_000);
+watchdog.unref();
+
+for (const [what, p] of [["the npm package (cargo xtask dist)", path.join(pkgDir, "index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
+  if (!p || !existsSync(p)) {
+    console.error(`direct-link tests: ${what} not found at ${p || "(unset)"}`);
+    process.exit(1);
+  }
+}
+
+let browser, server, base;
+const contexts = [];
+const relays = [];
+
+before(async () => {
+  server = await serveStatic({ files: { "/": path.join(here, "index.html") }, dirs: { "/pkg/": pkgDir } });
+  base = `http://127.0.0.1:${server.address().port}/`;
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    timeout: WAIT,
+    args: [...CHROMIUM_ARGS, "--allow-loopback-in-peer-connection"],
+  });
+});
+
+after(async () => {
+  for (const c of contexts) await c.close().catch(() => {});
+  await browser?.close().catch(() => {});
+  for (const r of relays) await r.stop();
+  server?.close();
+});
+
+async function startRelay() {
+  const r = new Relay(relayBin, await freePort(), []);
+  relays.push(r);
+  await r.start();
+  return r;
+}
+
+/**
+ * A fresh browser profile with the test page loaded and a repo open on
+ * `relayUrl` as window.repo. Every RTCPeerConnection the page makes is kept
+ * in window.pcs (the test closes one from outside), and the time of each
+ * direct link event since the page's navigation start in window.links.
+ */
+async function peer(relayUrl) {
+  const context = await browser.newContext();
+  contexts.push(context);
+  await context.grantPermissions(["microphone"]);
+  const p = await context.newPage();
+  p.setDefaultTimeout(WAIT);
+  p.on("pageerror", (e) => console.error(`page error: ${e.message}`));
+  p.on("console", (m) => { if (m.type() === "error") console.error(`console.error: ${m.text()}`); });
+  await p.addInitScript(() => {
+    window.pcs = [];
+    const Native = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.pcs.push(this);
+      }
+    };
+  });
+  await p.goto(base);
+  await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
+  await p.evaluate(async (relay) => {
+    window.links = [];
+    window.warnings = [];
+    window.repo = await window.mycel.Repo.open({ relay });
+    window.repo.on("link", (e) => window.links.push({ ...e, at: performance.now() }));
+    window.repo.on("warning", (e) => window.warnings.push(e.message));
+  }, relayUrl);
+  return p;
+}
+
+/** Waits (bounded) until `fn(arg)` is truthy in the page. */
+function until(p, fn, arg, what, timeout = WAIT) {
+  return p.waitForFunction(fn, arg, { timeout, polling: 25 }).catch((e) => {
+    throw new Error(`timed out waiting for ${what}: ${e.message.split("\n")[0]}`);
+  });
+}
+
+/** A shares a new document with B; both wait for the direct link. */
+async function shareAndLink(a, b) {
+  const link = await a.evaluate(async () => {
+    window.doc = await window.repo.create();
+    window.doc.change((d) => { d.title = "direct"; d.a = []; d.b = []; });
+    return window.doc.shareLink();
+  });
+  await b.evaluate(async (link) => {
+    window.doc = await window.repo.find(link);
+  }, link);
+  const [idA, idB] = [await a.evaluate(() => window.repo.peerId), await b.evaluate(() => window.repo.peerId)];
+  await until(a, (id) => window.repo.status.peers[id]?.direct === true, idB, "A's direct link to B");
+  await until(b, (id) => window.repo.status.peers[id]?.direct === true, idA, "B's direct link to A");
+  const times = [];
+  for (const p of [a, b]) times.push(await p.evaluate(() => window.links.find((l) => l.direct).at));
+  console.log(`# page load to first direct link open: ${times.map((t) => `${Math.round(t)} ms`).join(", ")}`);
+  await until(b, () => window.doc.value().title === "direct", null, "B to hold A's document");
+}
+
+async function bytes(p, who) {
+  const s = await p.evaluate(() => window.repo.status);
+  const total = s.bytesDirect + s.bytesRelay;
+  console.log(`# ${who}: ${s.bytesDirect} B sent direct, ${s.bytesRelay} B to the relay (${total ? Math.round((100 * s.bytesDirect) / total) : 0} % direct)`);
+  return s;
+}
+
+test("two browsers sync over a data channel, and go on syncing over it with the relay stopped", async () => {
+  const relay = await startRelay();
+  const [a, b] = [await peer(relay.url), await peer(relay.url)];
+  await shareAndLink(a, b);
+
+  await relay.stop();
+  for (const p of [a, b]) await until(p, () => !window.repo.status.online, null, "the relay link to drop");
+  // Edits on both sides, each a few changes, converge over the channel.
+  await a.evaluate(() => { for (let i = 0; i < 5; i++) window.doc.change((d) => { d.a.push(`a${i}`); }); });
+  await b.evaluate(() => { for (let i = 0; i < 5; i++) window.doc.change((d) => { d.b.push(`b${i}`); }); });
+  for (const p of [a, b]) {
+    await until(p, () => window.doc.value().a.length === 5 && window.doc.value().b.length === 5, null, "both sides' edits over the channel");
+  }
+  const [va, vb] = [await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value())];
+  assert.deepEqual(va, vb);
+  assert.deepEqual(va.a, ["a0", "a1", "a2", "a3", "a4"]);
+  for (const p of [a, b]) {
+    const s = await p.evaluate(() => window.repo.status);
+    assert.equal(s.online, false, "the relay is gone");
+    assert.ok(Object.values(s.peers).some((x) => x.direct), "still linked directly");
+  }
+  const s = await bytes(a, "A");
+  assert.ok(s.bytesDirect > 0, "A sent on the data channel");
+  await bytes(b, "B");
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
+
+test("a data channel killed mid-sync falls back to the relay without loss", async () => {
+  const relay = await startRelay();
+  const [a, b] = [await peer(relay.url), await peer(relay.url)];
+  await shareAndLink(a, b);
+  const idB = await b.evaluate(() => window.repo.peerId);
+
+  // A large batch of changes (about 2 MB), then A's connection closed from
+  // the page while they are in flight.
+  const sent = await a.evaluate(() => {
+    const chunk = "x".repeat(4000);
+    for (let i = 0; i < 500; i++) window.doc.change((d) => { d.a.push(`${i}:${chunk}`); });
+    const buffered = window.pcs.map((pc) => pc.sctp?.transport ? 1 : 0);
+    window.pcs.forEach((pc) => pc.close());
+    return buffered.length;
+  });
+  assert.ok(sent >= 1, "A had a connection to close");
+  await until(a, (id) => window.repo.status.peers[id]?.direct === false, idB, "A to drop the direct link");
+  await until(b, () => window.doc.value().a.length === 500, null, "B to receive every change through the relay", 60_000);
+  const [va, vb] = [await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value())];
+  assert.deepEqual(va, vb, "documents equal after the fallback");
+  await until(b, () => window.repo.documents()[0].status.synced, null, "B synced");
+  await bytes(a, "A");
+  await bytes(b, "B");
+  for (const p of [a, b]) await p.evaluate(() => window.repo.close());
+});
