@@ -605,7 +605,7 @@ export class Repo {
     repo.#slot = await takeSlot(name);
     try {
       repo.#engine = await callAsync(() =>
-        Engine.open(name, repo.#slot.slot, relays, (kind, payload) => repo.#enqueue(kind, payload), rtc),
+        Engine.open(name, repo.#slot.slot, relays, (kind, payload) => repo.#enqueue(kind, payload), rtc, rtc && rtcGlue((link, kind, v) => repo.#rtcEvent(link, kind, v))),
       );
     } catch (e) {
       repo.#slot.release();
@@ -617,6 +617,16 @@ export class Repo {
   _engine() {
     if (!this.#engine) throw new ClosedError("the repo is closed");
     return this.#engine;
+  }
+
+  // A direct link's event, to the engine while the repo is open (a closed
+  // repo's connections are closed; a late event is dropped here).
+  #rtcEvent(link, kind, value) {
+    try {
+      this.#engine?.rtcEvent(link, kind, value);
+    } catch (e) {
+      this._warn(undefined, `a direct link's event failed: ${e.message}`);
+    }
   }
 
   // Events from the engine are dispatched in a microtask: listeners may
@@ -712,6 +722,51 @@ export class Repo {
   }
 }
 const OPEN = Symbol("mycel.open");
+
+// ---- direct links (WebRTC) --------------------------------------------------
+//
+// The engine makes and drives each RTCPeerConnection and its data channel
+// (mycel-wasm's rtc module, through web-sys); listening to them is done
+// here, which keeps the .wasm within its size budget. `glue(link, what, x)`
+// is called by the engine: what 0 = a connection to listen to, 1 = its data
+// channel, 2 = a negotiation promise whose rejection fails the connection.
+// Each event goes back as `event(link, kind, value)`, kinds as in rtc.rs.
+const RTC_CONNECT_MS = 20_000; // not open by then: failed (protocol.md §5.3)
+const [CANDIDATE, SIGNALING, CHANNEL, OPENED, MESSAGE, CLOSED, FAILED] = [0, 1, 2, 3, 4, 5, 6];
+function rtcGlue(event) {
+  const channel = (link, dc) => {
+    dc.binaryType = "arraybuffer";
+    dc.onopen = () => event(link, OPENED);
+    // A text message becomes an empty one, which the engine refuses.
+    dc.onmessage = (e) => event(link, MESSAGE, new Uint8Array(typeof e.data === "string" ? 0 : e.data));
+    dc.onclose = dc.onerror = () => event(link, CLOSED);
+  };
+  return (link, what, x) => {
+    if (what === 2) {
+      x.catch(() => event(link, FAILED));
+    } else if (what === 1) {
+      channel(link, x);
+    } else {
+      const pc = x;
+      // Ignored by the engine once the channel is open.
+      setTimeout(() => event(link, FAILED), RTC_CONNECT_MS);
+      // toJSON() forms (JSON.stringify calls it): protocol.md §5.3.
+      pc.onicecandidate = (e) => e.candidate && event(link, CANDIDATE, JSON.stringify(e.candidate));
+      pc.onsignalingstatechange = () =>
+        event(link, SIGNALING, pc.localDescription ? JSON.stringify(pc.localDescription) : null);
+      pc.ondatachannel = (e) => {
+        if (e.channel.label !== "mycel") return;
+        channel(link, e.channel);
+        event(link, CHANNEL, e.channel);
+        // Announced already open: no open event will follow.
+        if (e.channel.readyState === "open") event(link, OPENED);
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === "failed" || pc.connectionState === "closed") event(link, CLOSED);
+      };
+    }
+  };
+}
 
 // ---- the engine in a dedicated Worker --------------------------------------
 //

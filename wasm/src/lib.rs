@@ -159,11 +159,10 @@ struct Inner {
     /// Other tabs of this repo (same origin and database).
     tabs: Option<Tabs>,
     /// Direct links (WebRTC): the `RTCConfiguration` to make connections
-    /// with (none: direct links off), the connections, and closed ones
-    /// whose handler may still be running (dropped at the next tick).
-    rtc: Option<JsValue>,
+    /// with and the JS glue that listens to them (none: direct links off),
+    /// and the connections.
+    rtc: Option<(JsValue, Function)>,
     conns: Vec<rtc::Conn>,
-    rtc_graveyard: Vec<rtc::Conn>,
     /// Sockets that closed; dropped only from another callback (a closure
     /// cannot be dropped while it runs).
     graveyard: Vec<Socket>,
@@ -454,7 +453,6 @@ impl Inner {
 
     fn tick(&mut self) {
         self.timer = None;
-        self.rtc_graveyard.clear();
         if self.closed {
             return;
         }
@@ -610,21 +608,9 @@ impl Inner {
             );
         }
         let online = self.socket.as_ref().is_some_and(|s| s.up);
-        // Per peer met in any document: whether it is linked directly.
-        let peers = Object::new();
-        for doc in self.keys.keys() {
-            for p in self.replica.node().sync_status(*doc) {
-                let linked = self.linked(&p.peer);
-                let _ = Reflect::set(
-                    &peers,
-                    &p.peer.to_string().into(),
-                    &obj(&[("direct", linked.into())]),
-                );
-            }
-        }
         let stats = self.replica.node().stats();
         obj(&[
-            ("peers", peers.into()),
+            ("peers", self.rtc_status()),
             ("bytesDirect", (stats.bytes_out_direct as f64).into()),
             ("bytesRelay", (stats.bytes_out_relay as f64).into()),
             ("online", online.into()),
@@ -841,13 +827,16 @@ impl Engine {
     /// (the relays of one deployment; empty: offline only);
     /// `emit(kind, payload)` receives events and must not call the engine
     /// synchronously; `rtc` is the `RTCConfiguration` of direct links
-    /// (WebRTC data channels to peers), or null to use the relay alone.
+    /// (WebRTC data channels to peers) and `glue(link, what, x)` the JS
+    /// that listens to them (see the `rtc` module), or both null to use
+    /// the relay alone.
     pub async fn open(
         name: String,
         slot: u32,
         relays: Vec<String>,
         emit: Function,
         rtc: JsValue,
+        glue: Option<Function>,
     ) -> Result<Engine, JsValue> {
         for url in &relays {
             check_relay_url(url).map_err(HostError::Relay)?;
@@ -902,9 +891,8 @@ impl Engine {
                 write_failed: None,
                 closed: false,
                 tabs: None,
-                rtc: rtc.is_object().then_some(rtc),
+                rtc: glue.filter(|_| rtc.is_object()).map(|g| (rtc, g)),
                 conns: Vec::new(),
-                rtc_graveyard: Vec::new(),
             })
         });
         {
@@ -1063,6 +1051,14 @@ impl Engine {
         let p = Promise::new(&mut |resolve, _| waiter = Some(resolve));
         i.idle_waiters.extend(waiter);
         Ok(p)
+    }
+
+    /// An event of a direct link, from the JS glue: `kind` says which
+    /// (see the `rtc` module), `value` carries what it needs.
+    #[wasm_bindgen(js_name = rtcEvent)]
+    pub fn rtc_event(&self, link: f64, kind: u32, value: JsValue) -> Result<(), JsValue> {
+        self.inner()?.on_rtc(LinkId(link as u64), kind, value);
+        Ok(())
     }
 
     /// Closes the relay link and the database. Later calls throw `ClosedError`.

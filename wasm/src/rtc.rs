@@ -9,97 +9,84 @@
 //! are the browser's own `toJSON()` forms, sent as the node's signals
 //! through the relay (sealed and signed by the core).
 //!
-//! Written for a small `.wasm` (the package has a gzipped size budget):
-//! one closure per connection receives every event of the connection and
-//! its channel, the connect timer and any failed negotiation step; the
-//! event's `type` says which it is. Negotiation needs no promise results:
-//! `setLocalDescription({})` makes the offer or answer itself, and the
-//! `signalingstatechange` that follows each step is where the next one is
-//! taken (send the local description, add queued candidates).
+//! This module drives each connection through web-sys: it makes it, its
+//! channel, the offer and the answer (`setLocalDescription({})`, which
+//! makes whichever the connection's state calls for), applies the peer's
+//! description and candidates, and sends on the channel. Listening is left
+//! to a few lines of the package's JS (`rtcGlue` in index.js), which hand
+//! each event to [`crate::Engine::rtc_event`] as a number and the one value
+//! it needs: closures and event types read in Rust cost the browser's
+//! `.wasm` several KB, over its size budget (docs/design-decisions.md). A
+//! closed repo gets no more events (the JS checks), so no handler can run
+//! into freed memory.
 
-use js_sys::{Function, JSON, Object, Promise, Reflect, Uint8Array};
+use js_sys::{JSON, Object, Promise, Uint8Array};
 use mycel_core::channel::{Reassembler, chunks};
 use mycel_core::id::{DocId, PeerId};
 use mycel_core::node::{Input, LinkId, LinkKind};
 use mycel_core::wire::MAX_FRAME;
-use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::*;
-use web_sys::{
-    Event, EventTarget, MessageEvent, RtcDataChannel, RtcDataChannelType, RtcPeerConnection,
-};
+use web_sys::{RtcDataChannel, RtcPeerConnection};
 
-use crate::{Inner, clear_timeout, obj, set_timeout, with};
+use crate::{Inner, obj};
 
-/// A connection whose channel is not open by then has failed (§5.3).
-const CONNECT_MS: f64 = 20_000.0;
 /// Unsent channel data beyond this means a slow peer: the channel is
 /// closed rather than buffered without bound, and the relay takes over.
 const MAX_BUFFERED: u32 = 8 << 20;
-const LABEL: &str = "mycel";
+/// The peer's candidates kept while its description is not applied yet.
+const MAX_QUEUED: usize = 64;
 
-const PC_EVENTS: [&str; 4] = [
-    "icecandidate",
-    "signalingstatechange",
-    "connectionstatechange",
-    "datachannel",
-];
-const DC_EVENTS: [&str; 4] = ["open", "message", "close", "error"];
+/// What the JS glue reports ([`crate::Engine::rtc_event`]'s `kind`).
+pub(crate) mod ev {
+    /// A local ICE candidate: its JSON.
+    pub const CANDIDATE: u32 = 0;
+    /// The signaling state changed: the local description's JSON, or null.
+    pub const SIGNALING: u32 = 1;
+    /// The peer's `mycel` channel arrived (answering side), already wired.
+    pub const CHANNEL: u32 = 2;
+    pub const OPEN: u32 = 3;
+    /// A channel message: its bytes.
+    pub const MESSAGE: u32 = 4;
+    /// The channel closed or failed, or the connection did.
+    pub const CLOSED: u32 = 5;
+    /// Not open 20 s after it was made, or a negotiation step the browser
+    /// refused.
+    pub const FAILED: u32 = 6;
+}
+
+/// What the engine asks of the JS glue (`glue(link, what, x)`).
+const WIRE_PC: u32 = 0;
+const WIRE_DC: u32 = 1;
+const WATCH: u32 = 2;
 
 /// The direct link to one peer, from the first negotiation step until it
 /// closes.
 pub(crate) struct Conn {
-    pub(crate) peer: PeerId,
+    peer: PeerId,
     /// The document whose relay room carries this connection's signals.
     doc: DocId,
-    pub(crate) link: LinkId,
+    link: LinkId,
     initiator: bool,
     pc: RtcPeerConnection,
     dc: Option<RtcDataChannel>,
     /// The channel is open and the node was told (`LinkUp`).
-    pub(crate) up: bool,
+    up: bool,
     /// Our offer or answer went out.
     described: bool,
     /// The peer's candidates that came before its description.
     queued: Vec<JsValue>,
     rx: Reassembler,
-    timer: JsValue,
-    handler: Closure<dyn FnMut(JsValue)>,
-}
-
-impl Conn {
-    fn handler(&self) -> &Function {
-        self.handler.as_ref().unchecked_ref()
-    }
-
-    /// Stops the connection; no event of it reaches the engine afterwards
-    /// (a closed connection fires none, and its timer is cleared).
-    fn shut(&self) {
-        clear_timeout(&self.timer);
-        if let Some(dc) = &self.dc {
-            dc.close();
-        }
-        self.pc.close();
-    }
-}
-
-fn listen(target: &EventTarget, events: &[&str], f: &Function) {
-    for e in events {
-        // Fails only for a non-callable listener, which `f` is not.
-        let _ = target.add_event_listener_with_callback(e, f);
-    }
-}
-
-fn field(v: &JsValue, k: &str) -> JsValue {
-    Reflect::get(v, &k.into()).unwrap_or(JsValue::UNDEFINED)
-}
-
-/// `setLocalDescription({})`: the browser makes the offer or the answer
-/// that the connection's state calls for.
-fn describe(pc: &RtcPeerConnection, f: &Closure<dyn FnMut(JsValue)>) {
-    let _ = pc.set_local_description(Object::new().unchecked_ref()).catch(f);
 }
 
 impl Inner {
+    /// Hands `x` to the JS glue: a connection or channel to listen to, or
+    /// a promise whose rejection fails the connection.
+    fn glue(&self, link: LinkId, what: u32, x: &JsValue) {
+        if let Some((_, glue)) = &self.rtc {
+            let _ = glue.call3(&JsValue::NULL, &(link.0 as f64).into(), &what.into(), x);
+        }
+    }
+
     /// A direct link to `peer` is wanted (the core's `LinkWanted`; until
     /// the core reports it: every peer met, see `peer_met`). Only the
     /// initiator starts one; the other side waits for its offer.
@@ -121,28 +108,25 @@ impl Inner {
         if self.closed {
             return None;
         }
-        let config = self.rtc.as_ref()?;
-        let pc = match RtcPeerConnection::new_with_configuration(config.unchecked_ref()) {
-            Ok(pc) => pc,
-            Err(e) => {
-                let why = field(&e, "message").as_string().unwrap_or_default();
-                self.warn(None, &format!("no direct link: {why}"));
-                return None;
-            }
+        let (config, _) = self.rtc.as_ref()?;
+        let Ok(pc) = RtcPeerConnection::new_with_configuration(config.unchecked_ref()) else {
+            self.warn(
+                None,
+                "no direct link: the browser refused to make a connection (check iceServers)",
+            );
+            return None;
         };
         self.next_link += 1;
         let link = LinkId(self.next_link);
-        let me = self.me.clone();
-        let handler = Closure::<dyn FnMut(JsValue)>::new(move |e| with(&me, |i| i.on_rtc(link, e)));
-        let f: &Function = handler.as_ref().unchecked_ref();
-        listen(&pc, &PC_EVENTS, f);
-        let dc = initiator.then(|| {
-            let dc = pc.create_data_channel(LABEL);
-            open_channel(&dc, f);
-            describe(&pc, &handler);
-            dc
-        });
-        let timer = set_timeout(f, CONNECT_MS);
+        self.glue(link, WIRE_PC, &pc);
+        let mut dc = None;
+        if initiator {
+            // Ordered and reliable: the defaults.
+            let ch = pc.create_data_channel("mycel");
+            self.glue(link, WIRE_DC, &ch);
+            dc = Some(ch);
+            self.describe(link, &pc);
+        }
         self.conns.push(Conn {
             peer,
             doc,
@@ -154,10 +138,22 @@ impl Inner {
             described: false,
             queued: Vec::new(),
             rx: Reassembler::new(MAX_FRAME),
-            timer,
-            handler,
         });
         Some(self.conns.len() - 1)
+    }
+
+    /// `setLocalDescription({})`: the browser makes the offer or the
+    /// answer that the connection's state calls for.
+    fn describe(&self, link: LinkId, pc: &RtcPeerConnection) {
+        self.watch(
+            link,
+            pc.set_local_description(Object::new().unchecked_ref()),
+        );
+    }
+
+    /// A negotiation step the browser refuses fails the connection.
+    fn watch(&self, link: LinkId, p: Promise) {
+        self.glue(link, WATCH, &p);
     }
 
     /// A signal from `peer`: its offer, answer or one ICE candidate.
@@ -173,9 +169,11 @@ impl Inner {
         else {
             return;
         };
-        let mut at = self.conns.iter().position(|c| c.peer == peer);
-        let kind = field(&msg, "type").as_string();
-        let promise: Option<Promise> = match kind.as_deref() {
+        let field = |k: &str| js_sys::Reflect::get(&msg, &k.into()).unwrap_or(JsValue::UNDEFINED);
+        let kind = field("type").as_string();
+        let is_candidate = field("candidate").is_string();
+        let at = self.conns.iter().position(|c| c.peer == peer);
+        match kind.as_deref() {
             Some("offer") => {
                 // Only the smaller peer id offers; an offer from the other
                 // side would be glare, which the rule excludes.
@@ -187,152 +185,111 @@ impl Inner {
                 if let Some(old) = at {
                     self.drop_conn(old, false);
                 }
-                at = self.connect_to(doc, peer, false);
-                let Some(c) = at.map(|a| &self.conns[a]) else {
-                    return;
-                };
-                let p = c.pc.set_remote_description(msg.unchecked_ref());
-                // Chained after the offer: the browser makes the answer.
-                describe(&c.pc, &c.handler);
-                Some(p)
+                if let Some(at) = self.connect_to(doc, peer, false) {
+                    let c = &self.conns[at];
+                    self.watch(c.link, c.pc.set_remote_description(msg.unchecked_ref()));
+                    // Chained after the offer: the browser makes the answer.
+                    self.describe(c.link, &c.pc);
+                }
             }
-            Some("answer") => at
-                .map(|a| &self.conns[a])
-                .filter(|c| c.initiator && c.pc.remote_description().is_none())
-                .map(|c| c.pc.set_remote_description(msg.unchecked_ref())),
-            _ if field(&msg, "candidate").is_string() => {
+            Some("answer") => {
+                if let Some(c) = at.map(|a| &self.conns[a])
+                    && c.initiator
+                    && c.pc.remote_description().is_none()
+                {
+                    self.watch(c.link, c.pc.set_remote_description(msg.unchecked_ref()));
+                }
+            }
+            _ if is_candidate => {
                 let Some(c) = at.map(|a| &mut self.conns[a]) else {
                     return;
                 };
-                if c.pc.remote_description().is_none() {
-                    // Bounded: a peer cannot grow this without limit.
-                    if c.queued.len() < 64 {
-                        c.queued.push(msg);
-                    }
-                    None
-                } else {
-                    Some(
-                        c.pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(
-                            msg.unchecked_ref(),
-                        )),
-                    )
+                if c.pc.remote_description().is_some() {
+                    let p = add_candidate(&c.pc, &msg);
+                    let link = c.link;
+                    self.watch(link, p);
+                } else if c.queued.len() < MAX_QUEUED {
+                    c.queued.push(msg);
                 }
             }
-            _ => None,
-        };
-        // A step the browser refuses fails the connection (see `on_rtc`).
-        if let (Some(p), Some(c)) = (promise, at.and_then(|a| self.conns.get(a))) {
-            let _ = p.catch(&c.handler);
+            _ => {}
         }
     }
 
-    /// Every event of the connection behind `link`; also its connect timer
-    /// and refused negotiation steps, which come without an `Event`.
-    fn on_rtc(&mut self, link: LinkId, e: JsValue) {
+    /// An event of the connection behind `link`, from the JS glue (see
+    /// [`ev`]).
+    pub(crate) fn on_rtc(&mut self, link: LinkId, kind: u32, v: JsValue) {
         let Some(at) = self.conns.iter().position(|c| c.link == link) else {
             return;
         };
-        let kind = e.dyn_ref::<Event>().map(Event::type_);
         let c = &mut self.conns[at];
-        match kind.as_deref() {
-            Some("icecandidate") => {
-                let cand = field(&e, "candidate");
-                // `null`: gathering finished, nothing to send.
-                if cand.is_object() {
+        match kind {
+            ev::CANDIDATE => {
+                if let Some(text) = v.as_string() {
                     let (doc, peer) = (c.doc, c.peer);
-                    self.signal(doc, peer, &cand);
+                    self.signal(doc, peer, text.into_bytes());
                 }
             }
-            Some("signalingstatechange") => {
+            ev::SIGNALING => {
+                // The peer's description is in: its queued candidates can
+                // follow it.
+                let mut added = Vec::new();
                 if c.pc.remote_description().is_some() {
                     for cand in std::mem::take(&mut c.queued) {
-                        let p = c.pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(
-                            cand.unchecked_ref(),
-                        ));
-                        let _ = p.catch(&c.handler);
+                        added.push(add_candidate(&c.pc, &cand));
                     }
                 }
-                if !c.described
-                    && let Some(d) = c.pc.local_description()
-                {
-                    c.described = true;
-                    let (doc, peer) = (c.doc, c.peer);
-                    self.signal(doc, peer, &d);
+                // Our offer or answer is made: send it, once.
+                let text = v.as_string().filter(|_| !c.described);
+                c.described |= text.is_some();
+                let (doc, peer) = (c.doc, c.peer);
+                for p in added {
+                    self.watch(link, p);
+                }
+                if let Some(text) = text {
+                    self.signal(doc, peer, text.into_bytes());
                 }
             }
-            Some("datachannel") => {
-                let ch = field(&e, "channel");
-                if let Some(dc) = ch.dyn_ref::<RtcDataChannel>()
-                    && c.dc.is_none()
-                    && !c.initiator
-                    && dc.label() == LABEL
-                {
-                    open_channel(dc, c.handler());
-                    c.dc = Some(dc.clone());
-                }
-            }
-            Some("open") => {
+            ev::CHANNEL if c.dc.is_none() && !c.initiator => c.dc = Some(v.unchecked_into()),
+            ev::OPEN if !c.up => {
                 c.up = true;
-                clear_timeout(&c.timer);
-                let (peer, now) = (c.peer, self.now());
-                let up = Input::LinkUp {
+                self.feed(Input::LinkUp {
                     link,
                     kind: LinkKind::Direct,
-                };
-                if let Err(e) = self.replica.handle(now, up) {
-                    self.warn(None, &e.to_string());
-                }
-                self.emit_link(peer, true);
+                });
             }
-            Some("message") => {
-                let data = e.unchecked_ref::<MessageEvent>().data();
-                // Text (not ours) reads as an empty message, which is refused.
-                let msg = Uint8Array::new(&data).to_vec();
+            ev::MESSAGE => {
+                let msg = Uint8Array::new(&v).to_vec();
                 match c.rx.push(&msg) {
                     Ok(None) => {}
-                    Ok(Some(bytes)) => {
-                        let now = self.now();
-                        if let Err(e) = self.replica.handle(now, Input::Received { link, bytes }) {
-                            self.warn(None, &format!("ignored a frame from a direct link: {e}"));
-                        }
-                    }
+                    Ok(Some(bytes)) => self.feed(Input::Received { link, bytes }),
                     Err(e) => {
-                        self.warn(None, &format!("closed a direct link that sent {e}"));
+                        self.warn(None, &e.to_string());
                         self.drop_conn(at, true);
                     }
                 }
             }
-            Some("connectionstatechange") => {
-                let state = field(&c.pc, "connectionState").as_string();
-                if matches!(state.as_deref(), Some("failed" | "closed")) {
-                    self.drop_conn(at, true);
-                }
-            }
-            Some(_) => self.drop_conn(at, true),
-            // The connect timer, or a negotiation step the browser refused.
-            None => {
-                if !c.up {
-                    self.drop_conn(at, true);
-                }
-            }
+            // A connection that opened has no connect timer left to fail.
+            ev::FAILED if c.up => {}
+            ev::CLOSED | ev::FAILED => self.drop_conn(at, true),
+            _ => {}
         }
         self.drain();
     }
 
-    /// Sends one of the browser's descriptions or candidates to `peer`, in
-    /// its `toJSON()` form.
-    fn signal(&mut self, doc: DocId, peer: PeerId, v: &JsValue) {
-        let Some(text) = JSON::stringify(v).ok().and_then(|s| s.as_string()) else {
-            return;
-        };
+    /// Sends an offer, answer or candidate (JSON) to `peer`.
+    fn signal(&mut self, doc: DocId, peer: PeerId, payload: Vec<u8>) {
+        self.feed(Input::Signal { doc, peer, payload });
+    }
+
+    /// Feeds the node; an error (bad input from the network, no route for
+    /// a signal) is reported as a warning, the link goes on. One call site
+    /// for the node's input, which keeps the `.wasm` smaller.
+    #[inline(never)]
+    fn feed(&mut self, input: Input) {
         let now = self.now();
-        let input = Input::Signal {
-            doc,
-            peer,
-            payload: text.into_bytes(),
-        };
         if let Err(e) = self.replica.handle(now, input) {
-            self.warn(Some(doc), &format!("could not signal a direct link: {e}"));
+            self.warn(None, &e.to_string());
         }
     }
 
@@ -341,7 +298,8 @@ impl Inner {
         let Some(at) = self.conns.iter().position(|c| c.link == link) else {
             return false;
         };
-        let Some(dc) = self.conns[at].dc.as_ref().filter(|_| self.conns[at].up) else {
+        let c = &self.conns[at];
+        let Some(dc) = c.dc.as_ref().filter(|_| c.up) else {
             return true;
         };
         let sent = chunks(bytes).all(|m| dc.send_with_u8_array(&m).is_ok());
@@ -355,37 +313,32 @@ impl Inner {
     }
 
     /// Ends the connection at `at` and tells the node: `LinkDown` for an
-    /// open link, the peer unreachable directly for one that never came
-    /// up (`failed`).
+    /// open link; for one that never came up (`failed`), that the peer is
+    /// not reachable directly.
     pub(crate) fn drop_conn(&mut self, at: usize, failed: bool) {
         let c = self.conns.swap_remove(at);
-        c.shut();
-        let (link, peer, up) = (c.link, c.peer, c.up);
-        // Its handler may be the closure running now: dropped later.
-        self.rtc_graveyard.push(c);
-        let now = self.now();
-        if up {
-            let _ = self.replica.handle(now, Input::LinkDown { link });
-            self.emit_link(peer, false);
-        } else if failed {
-            // The core learns of a link that never came up once it has
-            // `Input::DirectFailed`; until then there is nothing to undo.
+        // Closing the connection closes its channel.
+        c.pc.close();
+        if c.up {
+            self.feed(Input::LinkDown { link: c.link });
         }
+        // The core hears of a link that never came up (`failed`) once it
+        // has `Input::DirectFailed`; until then nothing is to be undone.
+        let _ = failed;
     }
 
-    fn emit_link(&self, peer: PeerId, direct: bool) {
-        self.emit(
-            "link",
-            obj(&[
-                ("peer", peer.to_string().into()),
-                ("direct", direct.into()),
-            ]),
-        );
-    }
-
-    /// Whether the link to `peer` is a direct one now.
-    pub(crate) fn linked(&self, peer: &PeerId) -> bool {
-        self.conns.iter().any(|c| c.peer == *peer && c.up)
+    /// `{ [peer]: { direct } }` for every peer with a connection, open or
+    /// being made.
+    pub(crate) fn rtc_status(&self) -> JsValue {
+        let peers = Object::new();
+        for c in &self.conns {
+            let _ = js_sys::Reflect::set(
+                &peers,
+                &c.peer.to_string().into(),
+                &obj(&[("direct", c.up.into())]),
+            );
+        }
+        peers.into()
     }
 
     pub(crate) fn close_conns(&mut self) {
@@ -395,9 +348,6 @@ impl Inner {
     }
 }
 
-/// The channel as this side uses it: whole messages as ArrayBuffers, every
-/// event to the connection's handler.
-fn open_channel(dc: &RtcDataChannel, f: &Function) {
-    dc.set_binary_type(RtcDataChannelType::Arraybuffer);
-    listen(dc, &DC_EVENTS, f);
+fn add_candidate(pc: &RtcPeerConnection, cand: &JsValue) -> Promise {
+    pc.add_ice_candidate_with_opt_rtc_ice_candidate_init(Some(cand.unchecked_ref()))
 }

@@ -109,7 +109,7 @@ fn dpkg_installed(ctx: &Ctx, package: &str) -> bool {
         })
 }
 
-fn is_root(ctx: &Ctx) -> bool {
+pub fn is_root(ctx: &Ctx) -> bool {
     ctx.cmd("id")
         .arg("-u")
         .read_quietly()

@@ -44,7 +44,8 @@ fn timed<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// playwright-core (IndexedDB round trip and reload, two pages syncing
 /// through a real relay, offline edits converging, a wrong key, two tabs,
 /// the engine in a Worker, the TypeScript declarations), after the Rust
-/// side's wasm-bindgen-test run in the same browser; then the web app
+/// side's wasm-bindgen-test run in the same browser; direct links (two
+/// browsers over a WebRTC data channel, rtc.mjs); then the web app
 /// (www/dist, served by the relay) end to end (app.mjs).
 fn browser_tests(ctx: &Ctx) -> Result {
     let dir = ctx.root.join("wasm/tests/browser");
@@ -105,6 +106,28 @@ fn browser_tests(ctx: &Ctx) -> Result {
         ctx.cmd("node")
             .cwd(&dir)
             .arg("run.mjs")
+            .env("MYCEL_RELAY_BIN", &relay)
+            .env("CHROMIUM", CHROMIUM)
+            .run()
+    })?;
+    // Direct links (WebRTC data channels between two browser profiles) in
+    // a network namespace of their own with loopback as its only
+    // interface (TOOLCHAIN.md): ICE finds 127.0.0.1 and nothing else, and
+    // no packet leaves the machine.
+    timed("iproute2 (ip, for the namespace's loopback)", || {
+        ensure_apt(ctx, &["iproute2"])
+    })?;
+    timed("direct-link tests (WebRTC, in a network namespace)", || {
+        // Root makes the namespace directly; anyone else in a user
+        // namespace of their own (-r).
+        let flags = if crate::ensure::is_root(ctx) {
+            "-n"
+        } else {
+            "-rn"
+        };
+        ctx.cmd("unshare")
+            .cwd(&dir)
+            .args([flags, "sh", "-c", "ip link set lo up && exec node rtc.mjs"])
             .env("MYCEL_RELAY_BIN", &relay)
             .env("CHROMIUM", CHROMIUM)
             .run()

@@ -68,8 +68,9 @@ async function startRelay() {
 /**
  * A fresh browser profile with the test page loaded and a repo open on
  * `relayUrl` as window.repo. Every RTCPeerConnection the page makes is kept
- * in window.pcs (the test closes one from outside), and the time of each
- * direct link event since the page's navigation start in window.links.
+ * in window.pcs (the test closes one from outside); window.times records
+ * when (ms since the page's navigation start) the first peer was met and
+ * the first direct link was open (status polled every 10 ms).
  */
 async function peer(relayUrl) {
   const context = await browser.newContext();
@@ -92,11 +93,17 @@ async function peer(relayUrl) {
   await p.goto(base);
   await p.waitForFunction(() => window.mycelReady === true, null, { timeout: WAIT });
   await p.evaluate(async (relay) => {
-    window.links = [];
+    window.times = {};
     window.warnings = [];
     window.repo = await window.mycel.Repo.open({ relay });
-    window.repo.on("link", (e) => window.links.push({ ...e, at: performance.now() }));
+    window.repo.on("peer", () => { window.times.peer ??= performance.now(); });
     window.repo.on("warning", (e) => window.warnings.push(e.message));
+    const poll = setInterval(() => {
+      if (Object.values(window.repo.status.peers).some((p) => p.direct)) {
+        window.times.direct = performance.now();
+        clearInterval(poll);
+      }
+    }, 10);
   }, relayUrl);
   return p;
 }
@@ -121,9 +128,11 @@ async function shareAndLink(a, b) {
   const [idA, idB] = [await a.evaluate(() => window.repo.peerId), await b.evaluate(() => window.repo.peerId)];
   await until(a, (id) => window.repo.status.peers[id]?.direct === true, idB, "A's direct link to B");
   await until(b, (id) => window.repo.status.peers[id]?.direct === true, idA, "B's direct link to A");
-  const times = [];
-  for (const p of [a, b]) times.push(await p.evaluate(() => window.links.find((l) => l.direct).at));
-  console.log(`# page load to first direct link open: ${times.map((t) => `${Math.round(t)} ms`).join(", ")}`);
+  for (const [p, who] of [[a, "A"], [b, "B"]]) {
+    await until(p, () => window.times.direct !== undefined, null, `${who}'s link time`);
+    const t = await p.evaluate(() => window.times);
+    console.log(`# ${who}: page load to first direct link open ${Math.round(t.direct)} ms (peer met at ${Math.round(t.peer)} ms, linked ${Math.round(t.direct - t.peer)} ms later)`);
+  }
   await until(b, () => window.doc.value().title === "direct", null, "B to hold A's document");
 }
 
@@ -167,21 +176,29 @@ test("a data channel killed mid-sync falls back to the relay without loss", asyn
   await shareAndLink(a, b);
   const idB = await b.evaluate(() => window.repo.peerId);
 
-  // A large batch of changes (about 2 MB), then A's connection closed from
-  // the page while they are in flight.
-  const sent = await a.evaluate(() => {
+  // A large batch of changes (about 2 MB); once 256 KB of it went on the
+  // channel, A's connection is closed from the page, with the rest in
+  // flight or still to send.
+  const before = await a.evaluate(() => window.repo.status.bytesDirect);
+  await a.evaluate(() => {
     const chunk = "x".repeat(4000);
     for (let i = 0; i < 500; i++) window.doc.change((d) => { d.a.push(`${i}:${chunk}`); });
-    const buffered = window.pcs.map((pc) => pc.sctp?.transport ? 1 : 0);
-    window.pcs.forEach((pc) => pc.close());
-    return buffered.length;
   });
-  assert.ok(sent >= 1, "A had a connection to close");
-  await until(a, (id) => window.repo.status.peers[id]?.direct === false, idB, "A to drop the direct link");
+  await until(a, (before) => {
+    if (window.repo.status.bytesDirect - before < 256 * 1024) return false;
+    window.killedAt = window.repo.status.bytesDirect;
+    window.pcs.forEach((pc) => pc.close());
+    return true;
+  }, before, "256 KB of the batch on the channel");
+  assert.ok((await a.evaluate(() => window.pcs.length)) >= 1, "A had a connection to close");
+  await until(a, (id) => window.repo.status.peers[id]?.direct !== true, idB, "A to drop the direct link");
+  await until(b, (id) => window.repo.status.peers[id]?.direct !== true, await a.evaluate(() => window.repo.peerId), "B to drop the direct link");
   await until(b, () => window.doc.value().a.length === 500, null, "B to receive every change through the relay", 60_000);
   const [va, vb] = [await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value())];
   assert.deepEqual(va, vb, "documents equal after the fallback");
-  await until(b, () => window.repo.documents()[0].status.synced, null, "B synced");
+  const killedAt = await a.evaluate(() => window.killedAt);
+  const after = await a.evaluate(() => window.repo.status.bytesDirect);
+  console.log(`# A: channel closed after ${killedAt - before} B of the batch went direct (${after - killedAt} B more direct after)`);
   await bytes(a, "A");
   await bytes(b, "B");
   for (const p of [a, b]) await p.evaluate(() => window.repo.close());
