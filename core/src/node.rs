@@ -645,7 +645,13 @@ impl Node {
 
     /// Forgets a document (its store is the host's business). Leaves its rooms.
     pub fn close_doc(&mut self, doc: DocId) -> Result<(), NodeError> {
+        // Its swarm says goodbye while the routes to its peers still exist.
+        self.gossip_input(doc, gossip::Input::Leave);
         let state = self.docs.remove(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        if state.gossip.is_some() {
+            // Links only this document wanted are no longer wanted.
+            self.update_wanted(doc);
+        }
         self.rooms.remove(&state.room);
         let relay_links: Vec<LinkId> = self
             .links
