@@ -23,6 +23,8 @@ use crate::crypto::{
     CryptoError, DocKey, DocKeys, Identity, MAX_SEAL_BATCH, Rng, Verifier, open_transport,
     presence_digest, seal_transport, sign_digest, signal_digest, transport_cipher, verify_digest,
 };
+use crate::gossip::codec::is_gossip;
+use crate::gossip::{self, GossipConfig, SealedGossip, SealedOutput};
 use crate::id::{DocId, PeerId, RoomId};
 use crate::log::{DocLog, Inserted};
 use crate::sync::{Session, SyncConfig};
@@ -63,6 +65,12 @@ pub struct NodeConfig {
     /// Largest frame this node sends or accepts.
     pub max_frame: usize,
     pub sync: SyncConfig,
+    /// Direct links (protocol.md §5.3): with a gossip configuration, each
+    /// document runs a gossip swarm whose active view names the peers to
+    /// link with directly ([`Event::LinkWanted`]), and live changes travel
+    /// through the mesh of direct links rather than the relay. `None`
+    /// (the default): relay and host-made direct links only.
+    pub mesh: Option<GossipConfig>,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +79,7 @@ impl Default for NodeConfig {
             pinning: false,
             max_frame: crate::wire::MAX_FRAME,
             sync: SyncConfig::default(),
+            mesh: None,
         }
     }
 }
@@ -127,6 +136,13 @@ pub enum Input {
         doc: DocId,
         peer: PeerId,
         payload: Vec<u8>,
+    },
+    /// A direct link to `peer` that was wanted ([`Event::LinkWanted`])
+    /// could not be opened (no connection within the host's timeout);
+    /// gossip picks another peer. (A link that was up and went down is
+    /// [`Input::LinkDown`].)
+    DirectFailed {
+        peer: PeerId,
     },
     /// A timer the node asked for ([`Output::WakeAt`]) fired, or any time.
     Tick,
@@ -198,6 +214,20 @@ pub enum Event {
         peer: PeerId,
         payload: Vec<u8>,
     },
+    /// Open a direct link to `peer` (it entered a document's gossip
+    /// active view; see [`NodeConfig::mesh`]). The `initiator` (the side
+    /// with the smaller PeerId) makes the offer, sending its signaling
+    /// with [`Input::Signal`] in `doc`; the other answers the offer that
+    /// arrives as [`Event::Signal`]. When the link is up: [`Input::LinkUp`]
+    /// with [`LinkKind::Direct`]; if it never comes up: [`Input::DirectFailed`].
+    LinkWanted {
+        doc: DocId,
+        peer: PeerId,
+        initiator: bool,
+    },
+    /// No document wants the direct link to `peer` any more: close it
+    /// (and report [`Input::LinkDown`]).
+    LinkUnwanted { peer: PeerId },
     /// A peer introduced itself in a document's room.
     PeerSeen {
         doc: DocId,
@@ -321,6 +351,25 @@ pub struct NodeStats {
     pub envelopes_rejected: u64,
 }
 
+/// What a document's sessions sent ([`Node::traffic`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocTraffic {
+    /// Bytes of room publishes (live changes, presence), each counted
+    /// once, whatever the number of members.
+    pub published: u64,
+    pub peers: Vec<PeerTraffic>,
+}
+
+/// Sealed payload bytes sent to one peer of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTraffic {
+    pub peer: PeerId,
+    /// A direct link to the peer is up.
+    pub direct: bool,
+    pub bytes_direct: u64,
+    pub bytes_relay: u64,
+}
+
 /// Where a session's frames go: a direct link, or a peer behind a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Route {
@@ -352,6 +401,12 @@ struct DocState {
     presence: BTreeMap<PeerId, PeerPresence>,
     /// The seq of the last signal accepted from each peer.
     signals_from: BTreeMap<PeerId, u64>,
+    /// The document's gossip swarm, with direct links on.
+    gossip: Option<SealedGossip>,
+    /// Whether our last `Have`s said we are in the mesh.
+    meshed_announced: bool,
+    /// Bytes of room publishes (to no peer in particular).
+    published_bytes: u64,
 }
 
 impl DocState {
@@ -364,6 +419,14 @@ impl DocState {
             .filter(|(r, _)| r.tag.is_none())
             .filter_map(|(_, s)| s.remote_peer)
             .collect()
+    }
+
+    /// This replica gets live changes through direct links: it has one
+    /// with a peer that said who it is.
+    fn meshed(&self) -> bool {
+        self.sessions
+            .iter()
+            .any(|(r, s)| r.tag.is_none() && s.remote_peer.is_some())
     }
 
     /// A relay session with a peer that is also linked directly: the
@@ -446,6 +509,8 @@ pub struct Node {
     presence_seq: Option<u64>,
     /// The same for signaling messages.
     signal_seq: Option<u64>,
+    /// The peers reported as [`Event::LinkWanted`] and not since unwanted.
+    wanted: Vec<PeerId>,
 }
 
 impl fmt::Debug for Node {
@@ -476,6 +541,7 @@ impl Node {
             verifier: Verifier::default(),
             presence_seq: None,
             signal_seq: None,
+            wanted: Vec::new(),
         }
     }
 
@@ -533,7 +599,19 @@ impl Node {
             own_presence: None,
             presence: BTreeMap::new(),
             signals_from: BTreeMap::new(),
+            gossip: None,
+            meshed_announced: false,
+            published_bytes: 0,
         };
+        if let Some(config) = self.config.mesh.clone() {
+            state.gossip = Some(SealedGossip::new(
+                &self.identity,
+                &doc,
+                &room,
+                config,
+                self.rng.array(),
+            ));
+        }
         let me = self.identity.peer_id();
         let mut changes = Vec::new();
         for bytes in stored {
@@ -567,7 +645,13 @@ impl Node {
 
     /// Forgets a document (its store is the host's business). Leaves its rooms.
     pub fn close_doc(&mut self, doc: DocId) -> Result<(), NodeError> {
+        // Its swarm says goodbye while the routes to its peers still exist.
+        self.gossip_input(doc, gossip::Input::Leave);
         let state = self.docs.remove(&doc).ok_or(NodeError::UnknownDoc(doc))?;
+        if state.gossip.is_some() {
+            // Links only this document wanted are no longer wanted.
+            self.update_wanted(doc);
+        }
         self.rooms.remove(&state.room);
         let relay_links: Vec<LinkId> = self
             .links
@@ -660,6 +744,7 @@ impl Node {
             Input::LinkDown { link } => {
                 self.links.remove(&link);
                 let mut takeover = Vec::new();
+                let mut failed = Vec::new();
                 for (doc, d) in self.docs.iter_mut() {
                     let lost: Vec<PeerId> = d
                         .sessions
@@ -668,6 +753,7 @@ impl Node {
                         .filter_map(|(_, s)| s.remote_peer)
                         .collect();
                     d.sessions.retain(|r, _| r.link != link);
+                    failed.extend(lost.iter().map(|p| (*doc, *p)));
                     // The relay path takes over at once for the peers of a
                     // direct link that went down: a `Have` now resumes sync
                     // from what each side holds (nothing in flight is lost).
@@ -681,8 +767,24 @@ impl Node {
                     );
                 }
                 for (doc, route) in takeover {
+                    // No stream yet: the relay session's cursor is from
+                    // before the direct link. The peer's own takeover
+                    // `Have` (or its reply) tells what it lacks.
                     self.send_have(doc, route);
-                    self.pump(doc, route);
+                }
+                for (doc, peer) in failed {
+                    self.gossip_input(doc, gossip::Input::LinkFailed { peer });
+                }
+                let docs: Vec<DocId> = self.docs.keys().copied().collect();
+                for doc in docs {
+                    self.announce_mesh(doc);
+                }
+                Ok(())
+            }
+            Input::DirectFailed { peer } => {
+                let docs: Vec<DocId> = self.docs.keys().copied().collect();
+                for doc in docs {
+                    self.gossip_input(doc, gossip::Input::LinkFailed { peer });
                 }
                 Ok(())
             }
@@ -757,8 +859,25 @@ impl Node {
         let Some(state) = self.docs.get(&doc) else {
             return;
         };
+        let sealed = seal_transport(
+            &state.transport,
+            &state.room,
+            &encode_frame(msg),
+            &mut self.rng,
+        );
+        self.send_sealed(doc, route, sealed);
+    }
+
+    /// Sends a transport-sealed payload along `route`, counting its bytes
+    /// for the session (per-peer traffic).
+    fn send_sealed(&mut self, doc: DocId, route: Route, sealed: Vec<u8>) {
+        let Some(state) = self.docs.get_mut(&doc) else {
+            return;
+        };
         let room = state.room;
-        let sealed = seal_transport(&state.transport, &room, &encode_frame(msg), &mut self.rng);
+        if let Some(s) = state.sessions.get_mut(&route) {
+            s.bytes_out += sealed.len() as u64;
+        }
         match route.tag {
             Some(to) => self.send_relay(
                 route.link,
@@ -789,6 +908,7 @@ impl Node {
             from: self.identity.peer_id(),
             vector,
             pinning: self.config.pinning,
+            meshed: state.meshed(),
         })
     }
 
@@ -937,13 +1057,24 @@ impl Node {
     fn on_sealed(&mut self, doc: DocId, route: Route, sealed: &[u8]) -> Result<(), NodeError> {
         let state = self.docs.get(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         let plain = open_transport(&state.transport, &state.room, sealed)?;
+        if is_gossip(&plain) {
+            let now = self.now;
+            if let Some(g) = self.docs.get_mut(&doc).and_then(|d| d.gossip.as_mut()) {
+                // Refused gossip (stale, replayed, forged) is counted by
+                // the swarm; it is no error of the link.
+                let _ = g.receive_opened(now, &plain);
+                self.drain_gossip(doc);
+            }
+            return Ok(());
+        }
         let msg: SyncMessage = decode_frame(&plain, self.config.max_frame)?;
         match msg {
             SyncMessage::Have {
                 from,
                 vector,
                 pinning,
-            } => self.on_have(doc, route, from, vector, pinning),
+                meshed,
+            } => self.on_have(doc, route, from, vector, pinning, meshed),
             SyncMessage::Envelopes { batch, envelopes } => {
                 self.on_envelopes(doc, route, &envelopes);
                 if batch > 0 {
@@ -976,6 +1107,140 @@ impl Node {
                 signature,
             } => self.on_signal_in(doc, from, to, seq, payload.into(), &signature),
         }
+    }
+
+    // ---- the mesh (gossip and direct links) ---------------------------
+
+    /// Feeds the document's gossip swarm (if direct links are on) and
+    /// carries out what it asks.
+    fn gossip_input(&mut self, doc: DocId, input: gossip::Input) {
+        let now = self.now;
+        if let Some(g) = self.docs.get_mut(&doc).and_then(|d| d.gossip.as_mut()) {
+            let _ = g.handle(now, input);
+            self.drain_gossip(doc);
+        }
+    }
+
+    fn drain_gossip(&mut self, doc: DocId) {
+        let mut view_changed = false;
+        while let Some(out) = self
+            .docs
+            .get_mut(&doc)
+            .and_then(|d| d.gossip.as_mut())
+            .and_then(SealedGossip::poll)
+        {
+            match out {
+                SealedOutput::Send { to, bytes, .. } => {
+                    // The direct link if there is one, else the relay.
+                    let route = self.docs.get(&doc).and_then(|d| {
+                        d.sessions
+                            .iter()
+                            .filter(|(_, s)| s.remote_peer == Some(to))
+                            .map(|(r, _)| *r)
+                            .min_by_key(|r| r.tag.is_some())
+                    });
+                    if let Some(route) = route {
+                        self.send_sealed(doc, route, bytes);
+                    }
+                }
+                SealedOutput::Other(gossip::Output::ViewChanged { .. }) => view_changed = true,
+                // Broadcasts are not used (sync carries changes); timers
+                // are read in `schedule`.
+                SealedOutput::Other(_) => {}
+            }
+        }
+        if view_changed {
+            self.update_wanted(doc);
+        }
+    }
+
+    /// Reports peers entering or leaving the union of the documents'
+    /// active views.
+    fn update_wanted(&mut self, doc: DocId) {
+        let me = self.identity.peer_id();
+        let mut now_wanted: Vec<PeerId> = Vec::new();
+        for d in self.docs.values() {
+            if let Some(g) = d.gossip.as_ref() {
+                for p in g.gossip().active_view() {
+                    if !now_wanted.contains(&p) {
+                        now_wanted.push(p);
+                    }
+                }
+            }
+        }
+        for peer in &now_wanted {
+            if !self.wanted.contains(peer) {
+                self.outputs.push_back(Output::Event(Event::LinkWanted {
+                    doc,
+                    peer: *peer,
+                    initiator: me < *peer,
+                }));
+            }
+        }
+        for peer in &self.wanted {
+            if !now_wanted.contains(peer) {
+                self.outputs
+                    .push_back(Output::Event(Event::LinkUnwanted { peer: *peer }));
+            }
+        }
+        self.wanted = now_wanted;
+    }
+
+    /// When this replica joins or leaves the mesh of a document, its relay
+    /// peers hear it at once (a `Have` says so), so they publish to the
+    /// room again, or stop.
+    fn announce_mesh(&mut self, doc: DocId) {
+        let Some(d) = self.docs.get_mut(&doc) else {
+            return;
+        };
+        let meshed = d.meshed();
+        if meshed == d.meshed_announced {
+            return;
+        }
+        d.meshed_announced = meshed;
+        let relay: Vec<Route> = d
+            .sessions
+            .keys()
+            .filter(|r| r.tag.is_some())
+            .copied()
+            .collect();
+        for route in relay {
+            self.send_have(doc, route);
+        }
+    }
+
+    /// Bytes sent to each peer of a document, directly and through relays
+    /// (sessions' directed traffic; a room publish is counted once, in
+    /// [`DocTraffic::published`]).
+    pub fn traffic(&self, doc: DocId) -> Option<DocTraffic> {
+        let d = self.docs.get(&doc)?;
+        let mut peers: Vec<PeerTraffic> = Vec::new();
+        for (route, s) in &d.sessions {
+            let Some(peer) = s.remote_peer else { continue };
+            let i = match peers.iter().position(|t| t.peer == peer) {
+                Some(i) => i,
+                None => {
+                    peers.push(PeerTraffic {
+                        peer,
+                        direct: false,
+                        bytes_direct: 0,
+                        bytes_relay: 0,
+                    });
+                    peers.len() - 1
+                }
+            };
+            let t = &mut peers[i];
+            if route.tag.is_none() {
+                t.direct = true;
+                t.bytes_direct += s.bytes_out;
+            } else {
+                t.bytes_relay += s.bytes_out;
+            }
+        }
+        Some(DocTraffic {
+            published: d.published_bytes,
+            peers,
+        })
     }
 
     // ---- signaling ---------------------------------------------------
@@ -1156,8 +1421,15 @@ impl Node {
             .filter(|(_, l)| matches!(l.rooms.get(&d.room), Some(Membership::Joined(_))))
             .filter(|(id, _)| {
                 let mut members = d.sessions.iter().filter(|(r, _)| r.link == **id);
-                let all_direct =
-                    members.all(|(_, s)| s.remote_peer.is_some_and(|p| direct.contains(&p)));
+                // A member is reached without the relay if it is linked
+                // directly, or if both of us are in the mesh (a change
+                // travels along the direct links; anti-entropy over the
+                // relay repairs what the mesh missed).
+                let meshed = d.meshed();
+                let all_direct = members.all(|(_, s)| {
+                    s.remote_peer.is_some_and(|p| direct.contains(&p))
+                        || (meshed && s.remote_meshed)
+                });
                 // A room where no one else is known is published to too:
                 // its members may not have introduced themselves yet.
                 !all_direct || !d.sessions.keys().any(|r| r.link == **id)
@@ -1170,9 +1442,10 @@ impl Node {
     /// each of `links`; whether anything was sent.
     fn publish(&mut self, doc: DocId, links: &[LinkId], plain: &[u8]) -> bool {
         let mut frames = Vec::with_capacity(links.len());
-        if let Some(d) = self.docs.get(&doc) {
+        if let Some(d) = self.docs.get_mut(&doc) {
             for link in links {
                 let sealed = seal_transport(&d.transport, &d.room, plain, &mut self.rng);
+                d.published_bytes += sealed.len() as u64;
                 let bytes = encode_frame(&RelayRequest::Publish {
                     room: d.room,
                     payload: ByteVec::from(sealed),
@@ -1313,11 +1586,13 @@ impl Node {
         from: PeerId,
         vector: VersionVector,
         pinning: bool,
+        meshed: bool,
     ) -> Result<(), NodeError> {
         let me = self.identity.peer_id();
         let state = self.docs.get_mut(&doc).ok_or(NodeError::UnknownDoc(doc))?;
         let session = state.sessions.entry(route).or_default();
         let first = !session.have_received();
+        session.remote_meshed = meshed;
         if first && let Some(own) = state.own_presence.as_mut() {
             // A new peer hears who is here at the next slot, not the next refresh.
             own.pending = true;
@@ -1335,6 +1610,14 @@ impl Node {
             let e = state.pinned_by.entry(from).or_insert(0);
             *e = (*e).max(pinned_upto);
             self.report_stored(doc);
+        }
+        if first {
+            self.gossip_input(doc, gossip::Input::PeerMet { peer: from });
+            if route.tag.is_none() {
+                // A direct link said who is at its end: we may have
+                // joined the mesh.
+                self.announce_mesh(doc);
+            }
         }
         self.pump(doc, route);
         if first {
@@ -1681,6 +1964,19 @@ impl Node {
 
     fn on_tick(&mut self) {
         let now = self.now;
+        let swarms: Vec<DocId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| {
+                d.gossip
+                    .as_ref()
+                    .is_some_and(|g| g.gossip().next_wake().is_some_and(|t| t <= now))
+            })
+            .map(|(doc, _)| *doc)
+            .collect();
+        for doc in swarms {
+            self.gossip_input(doc, gossip::Input::Tick);
+        }
         let mut rejoin = Vec::new();
         for (link, l) in self.links.iter_mut() {
             for (room, m) in l.rooms.iter_mut() {
@@ -1743,7 +2039,11 @@ impl Node {
                 .min();
             own.into_iter().chain(expiry)
         });
-        let next = sessions.chain(joins).chain(presence).min();
+        let swarms = self
+            .docs
+            .values()
+            .filter_map(|d| d.gossip.as_ref().and_then(|g| g.gossip().next_wake()));
+        let next = sessions.chain(joins).chain(presence).chain(swarms).min();
         if next != self.wake_at {
             self.wake_at = next;
             if let Some(t) = next {
@@ -2464,6 +2764,12 @@ mod tests {
         assert!(relay.direct_frames > direct);
         assert_eq!(a.stats().bytes_out_relay, relay_bytes);
         assert!(a.stats().bytes_out_direct > 0);
+        // Per peer: b is linked directly, and most of what a sent it went there.
+        let t = a.traffic(doc).unwrap();
+        assert_eq!(t.peers.len(), 1);
+        assert_eq!(t.peers[0].peer, b.peer_id());
+        assert!(t.peers[0].direct);
+        assert!(t.peers[0].bytes_direct > t.peers[0].bytes_relay);
 
         // The link fails with a change in flight on it (lost): the relay
         // path takes over at once and nothing is lost.

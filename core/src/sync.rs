@@ -54,6 +54,10 @@ pub struct Session {
     pub remote_vector: VersionVector,
     /// The peer is a pinning node.
     pub remote_pinning: bool,
+    /// The peer's latest `Have` said it is in the mesh of direct links.
+    pub remote_meshed: bool,
+    /// Sealed payload bytes sent in this session.
+    pub bytes_out: u64,
     /// What the peer holds or has been sent: the stream resumes from here.
     cursor: VersionVector,
     have_received: bool,
@@ -75,6 +79,8 @@ impl Session {
             remote_peer: None,
             remote_vector: VersionVector::default(),
             remote_pinning: false,
+            remote_meshed: false,
+            bytes_out: 0,
             cursor: VersionVector::default(),
             have_received: false,
             next_batch: 1,

@@ -627,6 +627,12 @@ pub enum SyncMessage {
         /// The sender is a pinning node: its vector counts for `stored-remotely`.
         #[n(2)]
         pinning: bool,
+        /// The sender has a direct link for this document and gets live
+        /// changes through the mesh of direct links (protocol.md §5.3).
+        /// Left out when false, so older peers' frames are unchanged.
+        #[n(3)]
+        #[cbor(skip_if = "is_false")]
+        meshed: bool,
     },
     /// Envelopes, oldest first per author. `batch` 0 is a live push, which
     /// is not acknowledged; a stream batch n > 0 is acknowledged with `Ack`.
@@ -678,6 +684,10 @@ pub enum SyncMessage {
         #[n(4)]
         signature: ByteVec,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The largest signaling payload (an SDP offer with its candidates is a
@@ -809,12 +819,14 @@ impl<'b, C> Decode<'b, C> for SyncMessage {
         // · Ack { batch } · Presence { from, seq, sealed, signature }
         // · Signal { from, to, seq, payload, signature }
         let (mut from, mut vector, mut pinning, mut to) = (None, None, None, None);
+        let mut meshed = false;
         let (mut number, mut envelopes, mut sealed, mut signature) = (None, None, None, None);
         array_fields(d, &mut |d, i| {
             match (variant, i) {
                 (0 | 3 | 4, 0) => from = Some(PeerId::decode(d, ctx)?),
                 (0, 1) => vector = Some(VersionVector::decode(d, ctx)?),
                 (0, 2) => pinning = Some(bool::decode(d, ctx)?),
+                (0, 3) => meshed = bool::decode(d, ctx)?,
                 (4, 1) => to = Some(PeerId::decode(d, ctx)?),
                 (1 | 2, 0) | (3, 1) | (4, 2) => number = Some(u64::decode(d, ctx)?),
                 (1, 1) => envelopes = Some(Vec::<ByteVec>::decode(d, ctx)?),
@@ -829,6 +841,7 @@ impl<'b, C> Decode<'b, C> for SyncMessage {
                 from: required(from, 0, "SyncMessage::Have::from", at)?,
                 vector: required(vector, 1, "SyncMessage::Have::vector", at)?,
                 pinning: required(pinning, 2, "SyncMessage::Have::pinning", at)?,
+                meshed,
             },
             1 => SyncMessage::Envelopes {
                 batch: required(number, 0, "SyncMessage::Envelopes::batch", at)?,
@@ -1048,13 +1061,14 @@ mod tests {
 
     #[test]
     fn unknown_fields_of_a_newer_minor_version_are_skipped() {
-        // Have with an extra field 3 (a future addition) still decodes.
+        // Have with an extra field 4 (a future addition) still decodes.
         let mut e = Encoder::new(Vec::new());
         e.array(2).unwrap().u8(WIRE_VERSION).unwrap();
         e.array(2).unwrap().u32(0).unwrap(); // variant Have
-        e.array(4).unwrap();
+        e.array(5).unwrap();
         e.bytes(&[5; 32]).unwrap();
         e.map(0).unwrap();
+        e.bool(true).unwrap();
         e.bool(true).unwrap();
         e.str("future").unwrap();
         let bytes = e.into_writer();
@@ -1064,7 +1078,8 @@ mod tests {
             SyncMessage::Have {
                 from: PeerId([5; 32]),
                 vector: VersionVector::default(),
-                pinning: true
+                pinning: true,
+                meshed: true,
             }
         );
     }
@@ -1100,8 +1115,15 @@ mod tests {
         let messages = alloc::vec![
             SyncMessage::Have {
                 from: PeerId([5; 32]),
-                vector,
+                vector: vector.clone(),
                 pinning: false,
+                meshed: false,
+            },
+            SyncMessage::Have {
+                from: PeerId([5; 32]),
+                vector,
+                pinning: true,
+                meshed: true,
             },
             SyncMessage::Envelopes {
                 batch: 2,
@@ -1161,6 +1183,11 @@ mod tests {
             let bytes = encode_frame(m);
             assert_eq!(&decode_frame::<SyncMessage>(&bytes, MAX_FRAME).unwrap(), m);
             for extra in [false, true] {
+                // `meshed: false` is left out, so a later field would sit
+                // at its place: an encoder adding one writes `meshed`.
+                if extra && matches!(m, SyncMessage::Have { meshed: false, .. }) {
+                    continue;
+                }
                 let bytes = indefinite(m, extra);
                 assert_eq!(&minicbor::decode::<SyncMessage>(&bytes).unwrap(), m);
             }

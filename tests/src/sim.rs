@@ -29,6 +29,11 @@ pub enum Topology {
     Mesh,
     /// Everyone through one (simulated, in-memory) relay.
     Relay,
+    /// The relay, plus direct links that gossip asks for
+    /// ([`Event::LinkWanted`]), set up by signaling through the relay
+    /// (an offer and an answer, then the link is up: WebRTC without its
+    /// details) and closed when no longer wanted.
+    Gossip,
 }
 
 /// One run's settings.
@@ -55,6 +60,9 @@ pub struct SimConfig {
     /// After the faults stop: how long convergence may take.
     pub settle_limit_ms: u64,
     pub sync: mycel_core::sync::SyncConfig,
+    /// [`Topology::Gossip`]: bytes are split into direct and relay from
+    /// this time on (after the links have had time to open).
+    pub measure_from_ms: u64,
 }
 
 impl Default for SimConfig {
@@ -74,6 +82,7 @@ impl Default for SimConfig {
             partition_ms: (1_000, 10_000),
             settle_limit_ms: 120_000,
             sync: mycel_core::sync::SyncConfig::default(),
+            measure_from_ms: 0,
         }
     }
 }
@@ -101,6 +110,15 @@ pub struct SimReport {
     pub vectors: Vec<String>,
     /// BLAKE3 over every delivery (time, receiver, bytes): the run's fingerprint.
     pub trace: [u8; 32],
+    /// Bytes nodes sent on direct links / to the relay since
+    /// `measure_from_ms`.
+    pub bytes_direct: u64,
+    pub bytes_relay: u64,
+    /// Direct links opened, and the most any node had open at once.
+    pub links_opened: u64,
+    pub max_degree: usize,
+    /// When the first direct link opened (simulated ms).
+    pub first_link_ms: Option<u64>,
 }
 
 const RELAY_LINK: LinkId = LinkId(u64::MAX);
@@ -145,7 +163,16 @@ enum Ev {
         side_b: Vec<bool>,
     },
     Heal,
+    /// A wanted direct link that is not up by now has failed.
+    ConnectTimeout {
+        node: usize,
+        inc: u64,
+        peer: usize,
+    },
 }
+
+/// A host gives up on a direct link that does not come up in this time.
+const CONNECT_TIMEOUT_MS: u64 = 20_000;
 
 struct SimNode {
     identity: [u8; 32],
@@ -183,6 +210,12 @@ pub struct Sim {
     faults_on: bool,
     trace: blake3::Hasher,
     report: SimReport,
+    /// Each node's PeerId.
+    peer_ids: Vec<mycel_core::id::PeerId>,
+    /// Open direct links (smaller index first).
+    links: std::collections::BTreeSet<(usize, usize)>,
+    /// (node, peer): the node's core wants a link to the peer.
+    wanted: std::collections::BTreeSet<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -201,7 +234,7 @@ impl Sim {
         let mut core_rng = CoreRng::from_seed(seed_bytes(&mut rng));
         let doc = DocId(core_rng.array());
         let key = DocKey::generate(&mut core_rng);
-        let nodes = (0..cfg.nodes)
+        let nodes: Vec<SimNode> = (0..cfg.nodes)
             .map(|_| SimNode {
                 identity: core_rng.array(),
                 replica: None,
@@ -212,6 +245,10 @@ impl Sim {
             })
             .collect();
         let n = cfg.nodes;
+        let peer_ids = nodes
+            .iter()
+            .map(|n: &SimNode| Identity::from_secret(n.identity).peer_id())
+            .collect();
         Sim {
             cfg,
             now: 0,
@@ -241,7 +278,15 @@ impl Sim {
                 reject_reasons: Vec::new(),
                 vectors: Vec::new(),
                 trace: [0; 32],
+                bytes_direct: 0,
+                bytes_relay: 0,
+                links_opened: 0,
+                max_degree: 0,
+                first_link_ms: None,
             },
+            peer_ids,
+            links: std::collections::BTreeSet::new(),
+            wanted: std::collections::BTreeSet::new(),
         }
     }
 
@@ -383,6 +428,8 @@ impl Sim {
         node.pending.clear();
         let config = NodeConfig {
             sync: self.cfg.sync.clone(),
+            mesh: (self.cfg.topology == Topology::Gossip)
+                .then(mycel_core::gossip::GossipConfig::default),
             ..NodeConfig::default()
         };
         let mut r = Replica::new(Identity::from_secret(node.identity), config, seed);
@@ -399,7 +446,7 @@ impl Sim {
         // applied then), even with no link up yet.
         self.drain(i);
         match self.cfg.topology {
-            Topology::Relay => self.input(
+            Topology::Relay | Topology::Gossip => self.input(
                 i,
                 Input::LinkUp {
                     link: RELAY_LINK,
@@ -436,8 +483,28 @@ impl Sim {
         }
         self.report.crashes += 1;
         self.nodes[i].pending.clear();
+        self.wanted.retain(|(a, _)| *a != i);
         match self.cfg.topology {
             Topology::Relay => self.relay_disconnect(i),
+            Topology::Gossip => {
+                self.relay_disconnect(i);
+                let gone: Vec<(usize, usize)> = self
+                    .links
+                    .iter()
+                    .filter(|(a, b)| *a == i || *b == i)
+                    .copied()
+                    .collect();
+                for (a, b) in gone {
+                    self.links.remove(&(a, b));
+                    let other = if a == i { b } else { a };
+                    self.input(
+                        other,
+                        Input::LinkDown {
+                            link: LinkId(i as u64),
+                        },
+                    );
+                }
+            }
             Topology::Mesh => {
                 for j in 0..self.cfg.nodes {
                     if j != i && self.nodes[j].replica.is_some() {
@@ -465,7 +532,11 @@ impl Sim {
                 bytes,
             } => {
                 let n = &self.nodes[to];
-                let live = n.inc == inc && n.replica.is_some();
+                let mut live = n.inc == inc && n.replica.is_some();
+                if self.cfg.topology == Topology::Gossip && link != RELAY_LINK {
+                    // A frame in flight when its link closed is lost.
+                    live &= self.links.contains(&pair(to, link.0 as usize));
+                }
                 if live && (link != RELAY_LINK || n.conn == conn) {
                     self.trace.update(&self.now.to_le_bytes());
                     self.trace.update(&(to as u64).to_le_bytes());
@@ -524,6 +595,84 @@ impl Sim {
                 let none = vec![false; self.cfg.nodes];
                 self.set_partition(none);
             }
+            Ev::ConnectTimeout { node, inc, peer } => {
+                if self.nodes[node].inc == inc && !self.links.contains(&pair(node, peer)) {
+                    let peer = self.peer_ids[peer];
+                    self.input(node, Input::DirectFailed { peer });
+                }
+            }
+        }
+    }
+
+    /// The host's part of direct links (a WebRTC host does the same with
+    /// real offers, answers and data channels).
+    fn on_link_event(&mut self, i: usize, event: Event) {
+        let index = |sim: &Sim, p| sim.peer_ids.iter().position(|q| *q == p);
+        match event {
+            Event::LinkWanted {
+                doc,
+                peer,
+                initiator,
+            } => {
+                let Some(j) = index(self, peer) else { return };
+                self.wanted.insert((i, j));
+                let inc = self.nodes[i].inc;
+                let t = self.now + CONNECT_TIMEOUT_MS;
+                self.at(
+                    t,
+                    Ev::ConnectTimeout {
+                        node: i,
+                        inc,
+                        peer: j,
+                    },
+                );
+                if initiator && !self.links.contains(&pair(i, j)) {
+                    let payload = b"offer".to_vec();
+                    self.input(i, Input::Signal { doc, peer, payload });
+                }
+            }
+            Event::Signal { doc, peer, payload } => {
+                let Some(j) = index(self, peer) else { return };
+                // An offer is answered only from a peer this side wants
+                // (protocol.md §5.3), which bounds a node's links by its
+                // active view.
+                if payload == b"offer" && self.wanted.contains(&(i, j)) {
+                    let payload = b"answer".to_vec();
+                    self.input(i, Input::Signal { doc, peer, payload });
+                } else if payload == b"answer"
+                    && self.wanted.contains(&(i, j))
+                    // (An answerer that stopped wanting the link closed
+                    // its side: the connection does not come up.)
+                    && self.wanted.contains(&(j, i))
+                    && self.links.insert(pair(i, j))
+                {
+                    self.report.links_opened += 1;
+                    self.report.first_link_ms.get_or_insert(self.now);
+                    let degree =
+                        |sim: &Sim, n| sim.links.iter().filter(|(a, b)| *a == n || *b == n).count();
+                    self.report.max_degree = self
+                        .report
+                        .max_degree
+                        .max(degree(self, i))
+                        .max(degree(self, j));
+                    for (a, b) in [(i, j), (j, i)] {
+                        let link = LinkId(b as u64);
+                        let kind = LinkKind::Direct;
+                        self.input(a, Input::LinkUp { link, kind });
+                    }
+                }
+            }
+            Event::LinkUnwanted { peer } => {
+                let Some(j) = index(self, peer) else { return };
+                self.wanted.remove(&(i, j));
+                if self.links.remove(&pair(i, j)) {
+                    for (a, b) in [(i, j), (j, i)] {
+                        let link = LinkId(b as u64);
+                        self.input(a, Input::LinkDown { link });
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -531,7 +680,7 @@ impl Sim {
         let old = std::mem::replace(&mut self.side_b, side_b);
         // Through a relay a partition is a lost connection: the side cut
         // off (side b) disconnects, and reconnects when it heals.
-        if self.cfg.topology == Topology::Relay {
+        if matches!(self.cfg.topology, Topology::Relay | Topology::Gossip) {
             for (i, was_b) in old.iter().enumerate() {
                 if self.nodes[i].replica.is_none() || *was_b == self.side_b[i] {
                     continue;
@@ -634,6 +783,11 @@ impl Sim {
                 Output::Apply { .. } => {}
                 Output::Event(Event::Equivocation { .. }) => self.report.equivocations += 1,
                 Output::Event(Event::Rejected { reason, .. }) => self.reject(reason.to_string()),
+                Output::Event(
+                    e @ (Event::LinkWanted { .. }
+                    | Event::LinkUnwanted { .. }
+                    | Event::Signal { .. }),
+                ) => self.on_link_event(i, e),
                 Output::Event(_) => {}
                 Output::WakeAt(t) => {
                     let inc = self.nodes[i].inc;
@@ -653,6 +807,20 @@ impl Sim {
         if !to_relay && self.side_b[from] != self.side_b[to] {
             self.report.dropped += 1;
             return;
+        }
+        if self.cfg.topology == Topology::Gossip
+            && !to_relay
+            && !self.links.contains(&pair(from, to))
+        {
+            // Sent on a link the other end has closed.
+            return;
+        }
+        if self.now >= self.cfg.measure_from_ms {
+            if to_relay {
+                self.report.bytes_relay += bytes.len() as u64;
+            } else {
+                self.report.bytes_direct += bytes.len() as u64;
+            }
         }
         let copies = if self.faults_on && self.rng.random_bool(self.cfg.loss) {
             self.report.dropped += 1;
@@ -806,6 +974,10 @@ impl Sim {
             self.relay_leave(node, room);
         }
     }
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
 }
 
 fn seed_bytes(rng: &mut ChaCha8Rng) -> [u8; 32] {

@@ -106,6 +106,7 @@ fn vectors() -> BTreeMap<&'static str, Vec<u8>> {
             from: PeerId([0x05; 32]),
             vector,
             pinning: false,
+            meshed: false,
         }),
     );
     v.insert(
