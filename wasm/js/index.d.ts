@@ -126,6 +126,10 @@ export interface DocStatus {
 export interface PeerStatus {
   /** Linked directly (an open WebRTC data channel); otherwise through the relay. */
   direct: boolean;
+  /** Sealed sync bytes sent to this peer on a direct link, over all shared documents. */
+  bytesDirect: number;
+  /** The same through the relay (room publishes, counted once, are not in it). */
+  bytesRelay: number;
 }
 
 export interface RepoStatus {

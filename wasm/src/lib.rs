@@ -384,8 +384,13 @@ impl Inner {
                         ("pinning", pinning.into()),
                     ]),
                 );
-                self.peer_met(doc, peer);
             }
+            Event::LinkWanted {
+                doc,
+                peer,
+                initiator,
+            } => self.link_wanted(doc, peer, initiator),
+            Event::LinkUnwanted { peer } => self.link_unwanted(peer),
             Event::Signal { doc, peer, payload } => self.on_signal(doc, peer, &payload),
             Event::Presence { doc, peer, state } => self.emit(
                 "presence",
@@ -858,11 +863,15 @@ impl Engine {
             let stored = store.envelopes(&room_id(&key, &doc)).await?;
             docs.push((doc, key, stored));
         }
-        let replica = Replica::new(
-            Identity::from_secret(secret),
-            NodeConfig::default(),
-            random32()?,
-        );
+        // Direct links on: each document's gossip swarm picks the peers
+        // to link with (`LinkWanted`).
+        let config = NodeConfig {
+            mesh: rtc
+                .is_object()
+                .then(mycel_core::gossip::GossipConfig::default),
+            ..NodeConfig::default()
+        };
+        let replica = Replica::new(Identity::from_secret(secret), config, random32()?);
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             let (a, b) = (me.clone(), me.clone());
             RefCell::new(Inner {

@@ -23,7 +23,7 @@
 use js_sys::{JSON, Object, Promise, Uint8Array};
 use mycel_core::channel::{Reassembler, chunks};
 use mycel_core::id::{DocId, PeerId};
-use mycel_core::node::{Input, LinkId, LinkKind};
+use mycel_core::node::{Input, LinkId, LinkKind, PeerTraffic};
 use mycel_core::wire::MAX_FRAME;
 use wasm_bindgen::prelude::*;
 use web_sys::{RtcDataChannel, RtcPeerConnection};
@@ -87,20 +87,20 @@ impl Inner {
         }
     }
 
-    /// A direct link to `peer` is wanted (the core's `LinkWanted`; until
-    /// the core reports it: every peer met, see `peer_met`). Only the
-    /// initiator starts one; the other side waits for its offer.
+    /// A direct link to `peer` is wanted (the core's gossip put it in a
+    /// document's active view). Only the initiator starts one; the other
+    /// side waits for its offer.
     pub(crate) fn link_wanted(&mut self, doc: DocId, peer: PeerId, initiator: bool) {
         if initiator && !self.conns.iter().any(|c| c.peer == peer) {
             self.connect_to(doc, peer, true);
         }
     }
 
-    /// Until the core's gossip picks the peers to link with: every peer
-    /// met in a document's room, the smaller peer id initiating.
-    pub(crate) fn peer_met(&mut self, doc: DocId, peer: PeerId) {
-        let me = self.replica.node().peer_id();
-        self.link_wanted(doc, peer, me < peer);
+    /// No document wants the link to `peer` any more.
+    pub(crate) fn link_unwanted(&mut self, peer: PeerId) {
+        if let Some(at) = self.conns.iter().position(|c| c.peer == peer) {
+            self.drop_conn(at, false);
+        }
     }
 
     /// Makes the connection; the initiator also its channel and offer.
@@ -321,21 +321,46 @@ impl Inner {
         c.pc.close();
         if c.up {
             self.feed(Input::LinkDown { link: c.link });
+        } else if failed {
+            // Gossip picks another peer.
+            self.feed(Input::DirectFailed { peer: c.peer });
         }
-        // The core hears of a link that never came up (`failed`) once it
-        // has `Input::DirectFailed`; until then nothing is to be undone.
-        let _ = failed;
     }
 
-    /// `{ [peer]: { direct } }` for every peer with a connection, open or
-    /// being made.
+    /// `{ [peer]: { direct, bytesDirect, bytesRelay } }` for every peer
+    /// met, the bytes summed over the documents shared with it.
     pub(crate) fn rtc_status(&self) -> JsValue {
+        let mut all: Vec<PeerTraffic> = Vec::new();
+        for doc in self.keys.keys() {
+            for t in self
+                .replica
+                .node()
+                .traffic(*doc)
+                .map(|t| t.peers)
+                .unwrap_or_default()
+            {
+                match all.iter_mut().find(|a| a.peer == t.peer) {
+                    Some(a) => {
+                        a.bytes_direct += t.bytes_direct;
+                        a.bytes_relay += t.bytes_relay;
+                    }
+                    None => all.push(t),
+                }
+            }
+        }
         let peers = Object::new();
-        for c in &self.conns {
+        for t in all {
             let _ = js_sys::Reflect::set(
                 &peers,
-                &c.peer.to_string().into(),
-                &obj(&[("direct", c.up.into())]),
+                &t.peer.to_string().into(),
+                &obj(&[
+                    (
+                        "direct",
+                        self.conns.iter().any(|c| c.peer == t.peer && c.up).into(),
+                    ),
+                    ("bytesDirect", (t.bytes_direct as f64).into()),
+                    ("bytesRelay", (t.bytes_relay as f64).into()),
+                ]),
             );
         }
         peers.into()
