@@ -1209,6 +1209,14 @@ impl Node {
         }
     }
 
+    /// Whether a direct link to `peer` is wanted ([`Event::LinkWanted`] and
+    /// no [`Event::LinkUnwanted`] since): a host answers an offer only
+    /// then (protocol.md §5.3), which keeps its links within the active
+    /// views.
+    pub fn wants_link(&self, peer: &PeerId) -> bool {
+        self.wanted.contains(peer)
+    }
+
     /// Bytes sent to each peer of a document, directly and through relays
     /// (sessions' directed traffic; a room publish is counted once, in
     /// [`DocTraffic::published`]).

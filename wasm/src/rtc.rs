@@ -177,7 +177,11 @@ impl Inner {
             Some("offer") => {
                 // Only the smaller peer id offers; an offer from the other
                 // side would be glare, which the rule excludes.
-                if self.replica.node().peer_id() < peer {
+                // And only a peer this side wants (protocol.md §5.3): its
+                // gossip `Neighbor` came first on the same relay link, so
+                // a wanted peer is known by now; others' attempts time out.
+                let node = self.replica.node();
+                if node.peer_id() < peer || !node.wants_link(&peer) {
                     return;
                 }
                 // A new offer from a peer already known: it restarted, so
