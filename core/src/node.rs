@@ -679,17 +679,29 @@ impl Node {
         self.docs.get(&doc).map(|d| d.room)
     }
 
-    /// Peers known in a document's room and their latest vectors.
+    /// Peers known in a document's room and their latest vectors, once
+    /// per peer (one reached both directly and through a relay has a
+    /// session on each: the vectors are merged).
     pub fn peers(&self, doc: DocId) -> Vec<(PeerId, VersionVector, bool)> {
-        self.docs.get(&doc).map_or_else(Vec::new, |d| {
-            d.sessions
-                .values()
-                .filter_map(|s| {
-                    s.remote_peer
-                        .map(|p| (p, s.remote_vector.clone(), s.remote_pinning))
-                })
-                .collect()
-        })
+        let mut out: Vec<(PeerId, VersionVector, bool)> = Vec::new();
+        let Some(d) = self.docs.get(&doc) else {
+            return out;
+        };
+        for s in d.sessions.values() {
+            let Some(p) = s.remote_peer else { continue };
+            match out.iter_mut().find(|(q, _, _)| *q == p) {
+                Some((_, v, pinning)) => {
+                    for (a, n) in s.remote_vector.iter() {
+                        if *n > v.get(a) {
+                            v.set(*a, *n);
+                        }
+                    }
+                    *pinning |= s.remote_pinning;
+                }
+                None => out.push((p, s.remote_vector.clone(), s.remote_pinning)),
+            }
+        }
+        out
     }
 
     /// The presence states of the peers of a document heard from in the
@@ -710,15 +722,18 @@ impl Node {
             return Vec::new();
         };
         let mine = d.log.vector();
-        d.sessions
-            .values()
-            .filter_map(|s| {
-                Some(PeerSync {
-                    peer: s.remote_peer?,
-                    pinning: s.remote_pinning,
-                    have_theirs: mine.covers(&s.remote_vector),
-                    has_ours: s.delivered(&d.log),
-                })
+        // Once per peer: one reached directly and through a relay holds
+        // what either session says (merged vectors; delivered on either).
+        self.peers(doc)
+            .into_iter()
+            .map(|(peer, vector, pinning)| PeerSync {
+                peer,
+                pinning,
+                have_theirs: mine.covers(&vector),
+                has_ours: d
+                    .sessions
+                    .values()
+                    .any(|s| s.remote_peer == Some(peer) && s.delivered(&d.log)),
             })
             .collect()
     }
@@ -2778,6 +2793,10 @@ mod tests {
         assert_eq!(t.peers[0].peer, b.peer_id());
         assert!(t.peers[0].direct);
         assert!(t.peers[0].bytes_direct > t.peers[0].bytes_relay);
+        // One peer, though reached both ways (two sessions).
+        assert_eq!(a.peers(doc).len(), 1);
+        assert_eq!(a.sync_status(doc).len(), 1);
+        assert!(a.sync_status(doc)[0].synced());
 
         // The link fails with a change in flight on it (lost): the relay
         // path takes over at once and nothing is lost.
