@@ -450,7 +450,11 @@ function route() {
 
 async function main() {
   try {
-    repo = await Repo.open({ relay: relayUrl, base });
+    // Direct links (WebRTC) show this device's addresses to the people it
+    // shares with; `localStorage["mycel.direct"] = "off"` keeps every
+    // byte on the relay.
+    const direct = localStorage.getItem("mycel.direct") !== "off";
+    repo = await Repo.open({ relay: relayUrl, base, direct });
   } catch (e) {
     showError(`This browser cannot run mycel notes: ${e.message}`);
     return;

@@ -70,6 +70,10 @@ async function open(url = relay.base, context = null) {
   if (!context) {
     context = await browser.newContext();
     contexts.push(context);
+    // Relay only (the app's setting): these tests stop the relay to take
+    // pages offline and make concurrent edits, which a direct link would
+    // keep in sync. Direct links have their own suite (rtc.mjs).
+    await context.addInitScript(() => localStorage.setItem("mycel.direct", "off"));
   }
   const p = await context.newPage();
   p.setDefaultTimeout(WAIT);
