@@ -66,9 +66,12 @@
 
 pub mod codec;
 mod config;
+mod map;
 pub mod message;
 mod state;
 mod table;
+#[cfg(test)]
+mod tests;
 
 pub use codec::{Codec, CodecStats, SealedGossip, SealedOutput};
 pub use config::GossipConfig;
