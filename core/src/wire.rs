@@ -705,11 +705,11 @@ pub const MAX_SIGNAL: usize = 16 * 1024;
 // stays derived. (Doing the same for the smaller `EnvelopeHeader` and
 // `DirectFrame` made the gzipped .wasm 200 bytes larger.)
 
-pub(crate) type DecodeResult<T> = Result<T, minicbor::decode::Error>;
+type DecodeResult<T> = Result<T, minicbor::decode::Error>;
 
 /// `[variant, …]`: the start of an enum as minicbor derives it. Returns the
 /// variant and the positions the derived code reports errors at.
-pub(crate) fn enum_start(d: &mut Decoder<'_>) -> DecodeResult<(i64, usize, usize)> {
+fn enum_start(d: &mut Decoder<'_>) -> DecodeResult<(i64, usize, usize)> {
     let at = d.position();
     if Some(2) != d.array()? {
         return Err(minicbor::decode::Error::message("expected enum (2-element array)").at(at));
@@ -720,7 +720,7 @@ pub(crate) fn enum_start(d: &mut Decoder<'_>) -> DecodeResult<(i64, usize, usize
 
 /// Calls `field(d, i)` for element `i` of a CBOR array of fields, definite
 /// or indefinite; `field` decodes the ones it knows and skips the others.
-pub(crate) fn array_fields<'b>(
+fn array_fields<'b>(
     d: &mut Decoder<'b>,
     field: &mut dyn FnMut(&mut Decoder<'b>, u64) -> DecodeResult<()>,
 ) -> DecodeResult<()> {
@@ -743,12 +743,7 @@ pub(crate) fn array_fields<'b>(
 }
 
 /// A field that must be present (`what`: `Enum::Variant::field`).
-pub(crate) fn required<T>(
-    v: Option<T>,
-    index: i64,
-    what: &'static str,
-    at: usize,
-) -> DecodeResult<T> {
+fn required<T>(v: Option<T>, index: i64, what: &'static str, at: usize) -> DecodeResult<T> {
     v.ok_or_else(|| {
         minicbor::decode::Error::missing_value(index)
             .with_message(what)
@@ -756,7 +751,7 @@ pub(crate) fn required<T>(
     })
 }
 
-pub(crate) fn unknown_variant<T>(n: i64, at: usize) -> DecodeResult<T> {
+fn unknown_variant<T>(n: i64, at: usize) -> DecodeResult<T> {
     Err(minicbor::decode::Error::unknown_variant(n).at(at))
 }
 

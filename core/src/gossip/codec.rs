@@ -20,29 +20,25 @@
 //! can run thousands of peers on decoded frames; [`SealedGossip`] glues
 //! the two together for hosts.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::aead::GcmKey;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use minicbor::bytes::ByteVec;
-use minicbor::{Decode, Decoder, Encode};
+use minicbor::{Decode, Encode};
 
-use super::map::VecMap;
 use super::message::Frame;
 use super::{Gossip, GossipConfig, GossipError, Input, Output};
 use crate::crypto::{Identity, Rng, open_transport, seal_transport, transport_cipher};
 use crate::id::{DocId, PeerId, RoomId};
 use crate::time::Timestamp;
-use crate::wire::{
-    DecodeResult, FrameLimits, MAX_FRAME, WireError, array_fields, decode_frame, encode_frame,
-    enum_start, required, unknown_variant,
-};
+use crate::wire::{FrameLimits, MAX_FRAME, WireError, decode_frame, encode_frame};
 
 /// The plaintext of a sealed gossip frame: variant 16, so it never parses
-/// as a `SyncMessage` sealed under the same key (and vice versa). Decoded
-/// by hand, as the derive would (see `message.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, Encode)]
+/// as a `SyncMessage` sealed under the same key (and vice versa).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Outer {
     #[n(16)]
     Signed {
@@ -55,28 +51,6 @@ pub enum Outer {
 }
 
 impl FrameLimits for Outer {}
-
-impl<'b, C> Decode<'b, C> for Outer {
-    fn decode(d: &mut Decoder<'b>, ctx: &mut C) -> DecodeResult<Self> {
-        let (variant, at, variant_at) = enum_start(d)?;
-        if variant != 16 {
-            return unknown_variant(variant, variant_at);
-        }
-        let (mut signed, mut signature) = (None, None);
-        array_fields(d, &mut |d, i| {
-            match i {
-                0 => signed = Some(ByteVec::decode(d, ctx)?),
-                1 => signature = Some(minicbor::bytes::decode(d, ctx)?),
-                _ => d.skip()?,
-            }
-            Ok(())
-        })?;
-        Ok(Outer::Signed {
-            signed: required(signed, 0, "Outer::Signed::signed", at)?,
-            signature: required(signature, 1, "Outer::Signed::signature", at)?,
-        })
-    }
-}
 
 /// The digest a sender signs.
 pub fn signature_digest(room: &RoomId, signed: &[u8]) -> [u8; 32] {
@@ -105,7 +79,7 @@ pub struct Codec {
     room: RoomId,
     cipher: GcmKey,
     max_frame: usize,
-    keys: VecMap<PeerId, VerifyingKey>,
+    keys: BTreeMap<PeerId, VerifyingKey>,
     stats: CodecStats,
 }
 
@@ -131,7 +105,7 @@ impl Codec {
             room: *room,
             cipher: transport_cipher(doc, room),
             max_frame: MAX_FRAME,
-            keys: VecMap::new(),
+            keys: BTreeMap::new(),
             stats: CodecStats::default(),
         }
     }

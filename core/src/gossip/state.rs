@@ -1,9 +1,7 @@
 //! The gossip state machine: HyParView membership, Plumtree dissemination,
 //! a scored peer table and session/replay checks, on decoded frames.
 
-#[cfg(feature = "broadcast")]
-use alloc::collections::BTreeMap;
-use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -93,8 +91,8 @@ pub enum GossipError {
     Impersonation,
     /// The instance has left the swarm.
     Left,
-    /// A dissemination message or a broadcast in a build without the
-    /// `broadcast` feature (membership only): refused, counted.
+    /// A broadcast asked of a build without the `broadcast` feature
+    /// (membership only).
     Unsupported { kind: Kind },
 }
 
@@ -150,9 +148,6 @@ pub struct GossipStats {
     pub ttl_exceeded: u64,
     /// Other refused frames (own frames, impersonation, bad session).
     pub invalid: u64,
-    /// Dissemination frames refused by a build without the `broadcast`
-    /// feature.
-    pub unsupported: u64,
     /// Active peers declared failed (missed heartbeats or link failure).
     pub failed_peers: u64,
     /// Peers forgotten after `peer_expiry_ms` of silence.
@@ -166,12 +161,7 @@ impl GossipStats {
     }
     /// Every frame refused by the state machine.
     pub fn dropped(&self) -> u64 {
-        self.stale
-            + self.replayed
-            + self.misdirected
-            + self.ttl_exceeded
-            + self.invalid
-            + self.unsupported
+        self.stale + self.replayed + self.misdirected + self.ttl_exceeded + self.invalid
     }
 }
 
@@ -184,11 +174,6 @@ struct ActivePeer {
     /// A fresh frame arrived since the last heartbeat tick.
     heard: bool,
     missed: u8,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    deadline: Timestamp,
 }
 
 #[derive(Debug, Clone)]
@@ -295,7 +280,9 @@ pub struct Gossip {
     graveyard_order: VecDeque<PeerId>,
     active: Vec<ActivePeer>,
     passive: Vec<PeerId>,
-    pending: VecMap<PeerId, Pending>,
+    /// Unanswered `Join`s and `Neighbor`s: their deadlines (a `Timestamp`'s
+    /// milliseconds: the map type the node already has, no new code).
+    pending: BTreeMap<PeerId, u64>,
     probes: Vec<Probe>,
     #[cfg(feature = "broadcast")]
     seen: BTreeMap<MsgId, Seen>,
@@ -372,7 +359,7 @@ impl Gossip {
             graveyard_order: VecDeque::new(),
             active: Vec::new(),
             passive: Vec::new(),
-            pending: VecMap::new(),
+            pending: BTreeMap::new(),
             probes: Vec::new(),
             #[cfg(feature = "broadcast")]
             seen: BTreeMap::new(),
@@ -926,11 +913,6 @@ impl Gossip {
         if let Some(a) = self.active.iter_mut().find(|a| a.peer == from) {
             a.heard = true;
         }
-        #[cfg(not(feature = "broadcast"))]
-        if matches!(kind, Kind::Gossip | Kind::IHave | Kind::Graft | Kind::Prune) {
-            self.stats.unsupported += 1;
-            return Err(GossipError::Unsupported { kind });
-        }
         self.stats.received[kind as usize] += 1;
         match f.msg {
             Message::Hello { info } => self.on_hello(from, f.session, &info, true),
@@ -1005,12 +987,6 @@ impl Gossip {
                 self.on_prune(from, id, tree);
                 Ok(())
             }
-            // Refused above.
-            #[cfg(not(feature = "broadcast"))]
-            Message::Gossip { .. }
-            | Message::IHave { .. }
-            | Message::Graft { .. }
-            | Message::Prune { .. } => Ok(()),
         }
     }
 
@@ -1134,7 +1110,7 @@ impl Gossip {
             return;
         }
         let deadline = self.now.plus(self.config.neighbor_timeout_ms.max(1));
-        self.pending.insert(peer, Pending { deadline });
+        self.pending.insert(peer, deadline.0);
         self.schedule(deadline, Timer::Pending(peer));
         self.send(peer, msg);
     }
@@ -1252,7 +1228,11 @@ impl Gossip {
 
     fn on_pending_timeout(&mut self, peer: PeerId) {
         let now = self.now;
-        if self.pending.get(&peer).is_some_and(|p| p.deadline <= now) {
+        if self
+            .pending
+            .get(&peer)
+            .is_some_and(|d| Timestamp(*d) <= now)
+        {
             self.pending.remove(&peer);
             if let Some(e) = self.table.get_mut(&peer) {
                 e.rejected_at = Some(now);
@@ -1568,9 +1548,10 @@ impl Gossip {
 // ---- dissemination (Plumtree) -------------------------------------------
 //
 // Compiled out without the `broadcast` feature (the browser's node uses
-// gossip for membership only): such a build refuses Gossip, IHave, Graft
-// and Prune frames (`GossipError::Unsupported`, counted) and sends no
-// lazy announcements.
+// gossip for membership only): such a build has no Gossip, IHave, Graft or
+// Prune messages (its codec refuses them as malformed, counted in
+// `CodecStats::malformed`), sends no lazy announcements and ignores the
+// ones that ride on heartbeats.
 
 /// Without dissemination there is nothing to announce.
 #[cfg(not(feature = "broadcast"))]

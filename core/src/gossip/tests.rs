@@ -3,9 +3,16 @@
 
 use alloc::vec::Vec;
 
-use super::{Frame, Gossip, GossipConfig, GossipError, Input, Kind, Message, Output, Payload};
-use crate::id::PeerId;
+use minicbor::Encoder;
+
+use super::codec::{Codec, Outer};
+use super::{
+    Frame, Gossip, GossipConfig, GossipError, Have, Input, Kind, Message, MsgId, Output, Payload,
+};
+use crate::crypto::Identity;
+use crate::id::{DocId, PeerId, RoomId};
 use crate::time::Timestamp;
+use crate::wire::encode_frame;
 
 fn id(i: usize) -> PeerId {
     PeerId([i as u8 + 1; 32])
@@ -99,8 +106,12 @@ fn frame(from: &Gossip, to: &Gossip, seq: u64, msg: Message) -> Frame {
     }
 }
 
+/// A membership-only build (no `broadcast` feature) has no dissemination
+/// messages: its codec refuses them as malformed (counted), a broadcast is
+/// refused, and announcements riding on heartbeats are ignored while the
+/// link stays up. A full build takes them.
 #[test]
-fn dissemination_messages_are_handled_or_refused_by_the_build() {
+fn dissemination_is_handled_or_refused_by_the_build() {
     let mut peers = swarm(4, 120);
     let (a, rest) = peers.split_first_mut().expect("four peers");
     let b = rest
@@ -108,43 +119,62 @@ fn dissemination_messages_are_handled_or_refused_by_the_build() {
         .find(|g| a.is_active(&g.peer_id()))
         .expect("an active peer");
     let now = Timestamp(121_000);
-    let payload = Payload::new(b"hello");
-    let msgs = [
-        Message::Gossip {
-            hops: 1,
-            payload: payload.clone(),
-            tree: None,
+    let have = alloc::vec![Have {
+        id: MsgId::of(b"x"),
+        hops: 1,
+    }];
+    let beat = Message::Heartbeat {
+        ping: 0,
+        pong: 0,
+        have,
+    };
+    let r = a.handle(
+        now,
+        Input::Received {
+            frame: frame(b, a, 1_000_000, beat),
         },
-        Message::IHave { have: Vec::new() },
-        Message::Graft {
-            ids: Vec::new(),
-            trees: Vec::new(),
+    );
+    assert_eq!(r, Ok(()));
+    assert!(a.is_active(&b.peer_id()));
+    let r = a.handle(
+        now,
+        Input::Broadcast {
+            payload: Payload::new(b"hello"),
         },
-        Message::Prune {
-            id: super::MsgId::of(b"x"),
-            tree: None,
-        },
-    ];
-    for (i, msg) in msgs.into_iter().enumerate() {
-        let kind = msg.kind();
-        let f = frame(b, a, 1_000_000 + i as u64, msg);
-        let r = a.handle(now, Input::Received { frame: f });
-        if cfg!(feature = "broadcast") {
-            assert_eq!(r, Ok(()), "{kind:?}");
-        } else {
-            assert_eq!(r, Err(GossipError::Unsupported { kind }));
-        }
-    }
-    let r = a.handle(now, Input::Broadcast { payload });
+    );
     if cfg!(feature = "broadcast") {
         assert_eq!(r, Ok(()));
-        assert_eq!(a.stats().unsupported, 0);
-        assert_eq!(a.stats().received[Kind::Gossip as usize], 1);
     } else {
         assert_eq!(r, Err(GossipError::Unsupported { kind: Kind::Gossip }));
-        assert_eq!(a.stats().unsupported, 4);
-        assert_eq!(a.stats().received[Kind::Gossip as usize], 0);
-        // Membership goes on: the link to b stays up.
-        assert!(a.is_active(&b.peer_id()));
+    }
+    // A sealed frame carrying `Gossip` (variant 10), signed by nobody:
+    // a full build decodes it and finds the signature forged; a
+    // membership-only one does not know the message.
+    let (me, other) = (
+        Identity::from_secret([5; 32]),
+        Identity::from_secret([3; 32]),
+    );
+    let (doc, room) = (DocId([2; 16]), RoomId([4; 32]));
+    let mut codec = Codec::new(&me, &doc, &room);
+    let mut e = Encoder::new(Vec::new());
+    e.array(6).unwrap();
+    e.encode(other.peer_id())
+        .unwrap()
+        .encode(me.peer_id())
+        .unwrap();
+    e.u64(1).unwrap().u64(1).unwrap().u64(0).unwrap();
+    e.array(2).unwrap().u8(10).unwrap();
+    e.array(2).unwrap().u8(1).unwrap().bytes(b"hello").unwrap();
+    let plain = encode_frame(&Outer::Signed {
+        signed: e.into_writer().into(),
+        signature: [0; 64],
+    });
+    let r = codec.verify(&plain);
+    if cfg!(feature = "broadcast") {
+        assert_eq!(r, Err(GossipError::Forged));
+        assert_eq!(codec.stats().forged, 1);
+    } else {
+        assert!(matches!(r, Err(GossipError::Malformed(_))), "{r:?}");
+        assert_eq!(codec.stats().malformed, 1);
     }
 }
