@@ -206,6 +206,26 @@ pub fn run(ctx: &Ctx) -> Result {
         });
         s.note(tally.to_string());
         tests?;
+        // `cargo test --workspace` unifies features (the tests crate turns
+        // `broadcast` on): the membership-only gossip of the browser build
+        // is tested on its own.
+        s.step(
+            "membership-only gossip (mycel-core without broadcast)",
+            || {
+                let (status, lines) = ctx
+                    .cargo()
+                    .args(["test", "-p", "mycel-core", "--lib", "--locked"])
+                    .args(["--no-default-features", "--features", "std,automerge,ring"])
+                    .args(["--", "gossip::"])
+                    .run_scanning(Stream::Stdout, |l| l.starts_with("test result:"))?;
+                tally.add(&Tally::of(&lines));
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the membership-only gossip tests failed ({status})").into())
+                }
+            },
+        )?;
         // Separate from `cargo test --workspace`: it builds the static
         // relay and its image with podman (installing them when missing),
         // which must not hold up or contend with the other tests.

@@ -169,6 +169,8 @@ pub struct Have {
 
 /// The gossip messages. Membership follows HyParView, dissemination
 /// Plumtree; the names of the Flashback design are kept where they fit.
+/// Variants 10–13 (dissemination) exist only with the `broadcast` feature:
+/// a membership-only build refuses them as unknown variants.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Message {
     /// Introduction and session handshake: the only message accepted from
@@ -246,6 +248,7 @@ pub enum Message {
         #[n(0)]
         alive: bool,
     },
+    #[cfg(feature = "broadcast")]
     /// Eager push of a broadcast, `hops` hops from its origin (1 = sent by
     /// the origin).
     #[n(10)]
@@ -259,6 +262,7 @@ pub enum Message {
         #[n(2)]
         tree: Tree,
     },
+    #[cfg(feature = "broadcast")]
     /// Lazy push: ids of messages the sender has (when they do not fit in
     /// a heartbeat).
     #[n(11)]
@@ -266,6 +270,7 @@ pub enum Message {
         #[n(0)]
         have: Vec<Have>,
     },
+    #[cfg(feature = "broadcast")]
     /// "Send me these, and push to me eagerly from now on on their trees
     /// and on `trees`".
     #[n(12)]
@@ -275,6 +280,7 @@ pub enum Message {
         #[n(1)]
         trees: Vec<Tree>,
     },
+    #[cfg(feature = "broadcast")]
     /// "I got `id` from you when I had it already: push to me lazily on
     /// `tree` from now on".
     #[n(13)]
@@ -358,9 +364,13 @@ impl Message {
             Message::Neighbor { .. } => Kind::Neighbor,
             Message::NeighborReply { .. } => Kind::NeighborReply,
             Message::Disconnect { .. } => Kind::Disconnect,
+            #[cfg(feature = "broadcast")]
             Message::Gossip { .. } => Kind::Gossip,
+            #[cfg(feature = "broadcast")]
             Message::IHave { .. } => Kind::IHave,
+            #[cfg(feature = "broadcast")]
             Message::Graft { .. } => Kind::Graft,
+            #[cfg(feature = "broadcast")]
             Message::Prune { .. } => Kind::Prune,
         }
     }
@@ -398,13 +408,15 @@ impl Message {
                 many("peer records", sample.len(), MAX_SAMPLE)?;
                 sample.iter().try_for_each(info)
             }
-            Message::Heartbeat { have, .. } | Message::IHave { have } => {
-                many("message ids", have.len(), MAX_IDS)
-            }
+            Message::Heartbeat { have, .. } => many("message ids", have.len(), MAX_IDS),
+            #[cfg(feature = "broadcast")]
+            Message::IHave { have } => many("message ids", have.len(), MAX_IDS),
+            #[cfg(feature = "broadcast")]
             Message::Graft { ids, trees } => {
                 many("message ids", ids.len(), MAX_IDS)?;
                 many("trees", trees.len(), MAX_TREES)
             }
+            #[cfg(feature = "broadcast")]
             Message::Gossip { payload, .. } if payload.len() > MAX_PAYLOAD => {
                 Err(WireError::TooLarge {
                     len: payload.len(),

@@ -27,6 +27,8 @@
 //!   close to one message per peer. A frequent broadcaster's messages
 //!   follow a tree of its own, rooted at it and so shallow; occasional
 //!   ones share one tree that costs nothing to set up.
+//!   Only with the `broadcast` feature (default on): without it gossip is
+//!   membership only, as the node uses it, and the browser builds it.
 //! - **Sessions and replay**: each frame carries the sender's random
 //!   session, a counter, and the recipient's session as the sender knows
 //!   it (`echo`). Only `Hello` is accepted without the right echo; it
@@ -66,9 +68,12 @@
 
 pub mod codec;
 mod config;
+mod map;
 pub mod message;
 mod state;
 mod table;
+#[cfg(test)]
+mod tests;
 
 pub use codec::{Codec, CodecStats, SealedGossip, SealedOutput};
 pub use config::GossipConfig;

@@ -1,15 +1,16 @@
 //! The gossip state machine: HyParView membership, Plumtree dissemination,
 //! a scored peer table and session/replay checks, on decoded frames.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BinaryHeap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
 use super::config::GossipConfig;
-use super::message::{
-    Frame, Have, Kind, MAX_IDS, MAX_PAYLOAD, Message, MsgId, Payload, PeerInfo, Tree,
-};
+use super::map::VecMap;
+use super::message::{Frame, Have, Kind, Message, MsgId, Payload, PeerInfo};
+#[cfg(feature = "broadcast")]
+use super::message::{MAX_IDS, MAX_PAYLOAD, Tree};
 use super::table::{Admit, PeerEntry};
 use crate::crypto::Rng;
 use crate::id::PeerId;
@@ -90,6 +91,9 @@ pub enum GossipError {
     Impersonation,
     /// The instance has left the swarm.
     Left,
+    /// A broadcast asked of a build without the `broadcast` feature
+    /// (membership only).
+    Unsupported { kind: Kind },
 }
 
 impl fmt::Display for GossipError {
@@ -117,6 +121,9 @@ impl fmt::Display for GossipError {
                 f.write_str("peer record about another peer where the sender's own was expected")
             }
             GossipError::Left => f.write_str("this peer has left the swarm"),
+            GossipError::Unsupported { kind } => {
+                write!(f, "gossip {} is not supported by this build", kind.name())
+            }
         }
     }
 }
@@ -169,11 +176,6 @@ struct ActivePeer {
     missed: u8,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    deadline: Timestamp,
-}
-
 #[derive(Debug, Clone)]
 struct Probe {
     peer: PeerId,
@@ -181,6 +183,7 @@ struct Probe {
     backoff: u64,
 }
 
+#[cfg(feature = "broadcast")]
 #[derive(Debug, Clone)]
 struct Seen {
     hops: u8,
@@ -191,6 +194,7 @@ struct Seen {
 
 /// The lazy links of one spanning tree (Plumtree): active peers not in
 /// `lazy` are eager, so a new link starts eager on every tree.
+#[cfg(feature = "broadcast")]
 #[derive(Debug, Clone, Default)]
 struct TreeLinks {
     lazy: Vec<PeerId>,
@@ -198,6 +202,7 @@ struct TreeLinks {
     used: u64,
 }
 
+#[cfg(feature = "broadcast")]
 #[derive(Debug, Clone, Default)]
 struct Missing {
     announcers: Vec<(PeerId, u8)>,
@@ -207,9 +212,43 @@ struct Missing {
 enum Timer {
     Heartbeat,
     Shuffle,
+    #[cfg(feature = "broadcast")]
     Graft(MsgId),
     Pending(PeerId),
     Expiry,
+}
+
+/// A timer in the queue: the earliest (time, then order of scheduling)
+/// comes out first.
+#[derive(Debug)]
+struct Scheduled {
+    at: Timestamp,
+    seq: u64,
+    timer: Timer,
+}
+
+impl Scheduled {
+    fn key(&self) -> (Timestamp, u64) {
+        (self.at, self.seq)
+    }
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    /// Reversed: `BinaryHeap` is a max-heap.
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        other.key().cmp(&self.key())
+    }
 }
 
 /// Failed active peers re-tried (partitions that heal, restarts).
@@ -217,8 +256,10 @@ const MAX_PROBES: usize = 8;
 /// Longest probe backoff, in heartbeat periods.
 const MAX_PROBE_BACKOFF: u64 = 4;
 /// Announcers remembered per missing message.
+#[cfg(feature = "broadcast")]
 const MAX_ANNOUNCERS: usize = 8;
 /// Missing messages tracked at once.
+#[cfg(feature = "broadcast")]
 const MAX_MISSING: usize = 4096;
 
 /// The gossip state machine of one swarm. See the [module docs](super).
@@ -233,27 +274,38 @@ pub struct Gossip {
     left: bool,
     /// Has ever had an active peer (a newcomer joins; others repair).
     joined: bool,
-    table: BTreeMap<PeerId, PeerEntry>,
+    table: VecMap<PeerId, PeerEntry>,
     /// Replay floors of peers evicted from the table: (session, highest seq).
-    graveyard: BTreeMap<PeerId, Vec<(u64, u64)>>,
+    graveyard: VecMap<PeerId, Vec<(u64, u64)>>,
     graveyard_order: VecDeque<PeerId>,
     active: Vec<ActivePeer>,
     passive: Vec<PeerId>,
-    pending: BTreeMap<PeerId, Pending>,
+    /// Unanswered `Join`s and `Neighbor`s: their deadlines (a `Timestamp`'s
+    /// milliseconds: the map type the node already has, no new code).
+    pending: BTreeMap<PeerId, u64>,
     probes: Vec<Probe>,
+    #[cfg(feature = "broadcast")]
     seen: BTreeMap<MsgId, Seen>,
+    #[cfg(feature = "broadcast")]
     seen_order: VecDeque<MsgId>,
+    #[cfg(feature = "broadcast")]
     cache: BTreeMap<MsgId, Payload>,
+    #[cfg(feature = "broadcast")]
     cache_order: VecDeque<(MsgId, Timestamp)>,
+    #[cfg(feature = "broadcast")]
     cache_bytes: usize,
+    #[cfg(feature = "broadcast")]
     missing: BTreeMap<MsgId, Missing>,
     /// Spanning trees: the shared one (`None`, always kept) and origins'
     /// own, bounded by `origin_trees`.
+    #[cfg(feature = "broadcast")]
     trees: BTreeMap<Tree, TreeLinks>,
+    #[cfg(feature = "broadcast")]
     tree_clock: u64,
     /// When this peer's recent broadcasts were made (own-tree decision).
+    #[cfg(feature = "broadcast")]
     own_broadcasts: VecDeque<Timestamp>,
-    timers: BTreeMap<(Timestamp, u64), Timer>,
+    timers: BinaryHeap<Scheduled>,
     timer_seq: u64,
     expiry_at: Option<Timestamp>,
     wake_at: Option<Timestamp>,
@@ -302,23 +354,32 @@ impl Gossip {
             started: false,
             left: false,
             joined: false,
-            table: BTreeMap::new(),
-            graveyard: BTreeMap::new(),
+            table: VecMap::new(),
+            graveyard: VecMap::new(),
             graveyard_order: VecDeque::new(),
             active: Vec::new(),
             passive: Vec::new(),
             pending: BTreeMap::new(),
             probes: Vec::new(),
+            #[cfg(feature = "broadcast")]
             seen: BTreeMap::new(),
+            #[cfg(feature = "broadcast")]
             seen_order: VecDeque::new(),
+            #[cfg(feature = "broadcast")]
             cache: BTreeMap::new(),
+            #[cfg(feature = "broadcast")]
             cache_order: VecDeque::new(),
+            #[cfg(feature = "broadcast")]
             cache_bytes: 0,
+            #[cfg(feature = "broadcast")]
             missing: BTreeMap::new(),
+            #[cfg(feature = "broadcast")]
             trees: BTreeMap::new(),
+            #[cfg(feature = "broadcast")]
             tree_clock: 0,
+            #[cfg(feature = "broadcast")]
             own_broadcasts: VecDeque::new(),
-            timers: BTreeMap::new(),
+            timers: BinaryHeap::new(),
             timer_seq: 0,
             expiry_at: None,
             wake_at: None,
@@ -355,6 +416,7 @@ impl Gossip {
         &self.passive
     }
     /// Active peers that messages on `tree` are pushed to eagerly.
+    #[cfg(feature = "broadcast")]
     pub fn eager_peers(&self, tree: &Tree) -> Vec<PeerId> {
         self.active
             .iter()
@@ -363,6 +425,7 @@ impl Gossip {
             .collect()
     }
     /// Origin trees this peer keeps links for (the shared tree aside).
+    #[cfg(feature = "broadcast")]
     pub fn origin_trees(&self) -> usize {
         self.trees.keys().filter(|t| t.is_some()).count()
     }
@@ -381,6 +444,7 @@ impl Gossip {
         self.table.len()
     }
     /// A broadcast was received or sent (within the dedup cache).
+    #[cfg(feature = "broadcast")]
     pub fn has_seen(&self, id: &MsgId) -> bool {
         self.seen.contains_key(id)
     }
@@ -394,7 +458,7 @@ impl Gossip {
     }
     /// The next time the state machine wants a tick.
     pub fn next_wake(&self) -> Option<Timestamp> {
-        self.timers.keys().next().map(|k| k.0)
+        self.timers.peek().map(|s| s.at)
     }
 
     // ---- driving -----------------------------------------------------
@@ -415,7 +479,10 @@ impl Gossip {
                 Ok(())
             }
             Input::Received { frame } => self.on_frame(frame),
+            #[cfg(feature = "broadcast")]
             Input::Broadcast { payload } => self.broadcast_inner(payload).map(|_| ()),
+            #[cfg(not(feature = "broadcast"))]
+            Input::Broadcast { .. } => Err(GossipError::Unsupported { kind: Kind::Gossip }),
             Input::LinkFailed { peer } => {
                 self.fail(peer);
                 Ok(())
@@ -450,6 +517,7 @@ impl Gossip {
     }
 
     /// Broadcasts a payload; returns its id.
+    #[cfg(feature = "broadcast")]
     pub fn broadcast(&mut self, now: Timestamp, payload: Payload) -> Result<MsgId, GossipError> {
         if self.left {
             return Err(GossipError::Left);
@@ -507,18 +575,22 @@ impl Gossip {
 
     fn schedule(&mut self, at: Timestamp, timer: Timer) {
         self.timer_seq += 1;
-        self.timers.insert((at, self.timer_seq), timer);
+        self.timers.push(Scheduled {
+            at,
+            seq: self.timer_seq,
+            timer,
+        });
     }
 
     fn run_timers(&mut self) {
-        while let Some(entry) = self.timers.first_entry() {
-            if entry.key().0 > self.now {
+        while self.timers.peek().is_some_and(|s| s.at <= self.now) {
+            let Some(Scheduled { timer, .. }) = self.timers.pop() else {
                 break;
-            }
-            let timer = entry.remove();
+            };
             match timer {
                 Timer::Heartbeat => self.on_heartbeat_tick(),
                 Timer::Shuffle => self.on_shuffle_tick(),
+                #[cfg(feature = "broadcast")]
                 Timer::Graft(id) => self.on_graft_timer(id),
                 Timer::Pending(peer) => self.on_pending_timeout(peer),
                 Timer::Expiry => self.expire(),
@@ -614,8 +686,8 @@ impl Gossip {
         if let Some(t) = next {
             let scheduled = self
                 .timers
-                .range((t, 0)..=(t, u64::MAX))
-                .any(|(_, timer)| *timer == Timer::Expiry);
+                .iter()
+                .any(|s| s.at == t && s.timer == Timer::Expiry);
             if !scheduled {
                 self.schedule(t, Timer::Expiry);
             }
@@ -892,21 +964,25 @@ impl Gossip {
                 self.on_disconnect(from, alive);
                 Ok(())
             }
+            #[cfg(feature = "broadcast")]
             Message::Gossip {
                 hops,
                 payload,
                 tree,
             } => self.on_gossip(from, hops, tree, payload),
+            #[cfg(feature = "broadcast")]
             Message::IHave { have } => {
                 if self.is_active(&from) {
                     self.on_ihave(from, &have);
                 }
                 Ok(())
             }
+            #[cfg(feature = "broadcast")]
             Message::Graft { ids, trees } => {
                 self.on_graft(from, &ids, &trees);
                 Ok(())
             }
+            #[cfg(feature = "broadcast")]
             Message::Prune { id, tree } => {
                 self.on_prune(from, id, tree);
                 Ok(())
@@ -988,11 +1064,14 @@ impl Gossip {
             return false;
         };
         self.active.remove(i);
-        for t in self.trees.values_mut() {
-            t.lazy.retain(|p| *p != peer);
-        }
-        for m in self.missing.values_mut() {
-            m.announcers.retain(|(p, _)| *p != peer);
+        #[cfg(feature = "broadcast")]
+        {
+            for t in self.trees.values_mut() {
+                t.lazy.retain(|p| *p != peer);
+            }
+            for m in self.missing.values_mut() {
+                m.announcers.retain(|(p, _)| *p != peer);
+            }
         }
         true
     }
@@ -1031,7 +1110,7 @@ impl Gossip {
             return;
         }
         let deadline = self.now.plus(self.config.neighbor_timeout_ms.max(1));
-        self.pending.insert(peer, Pending { deadline });
+        self.pending.insert(peer, deadline.0);
         self.schedule(deadline, Timer::Pending(peer));
         self.send(peer, msg);
     }
@@ -1149,7 +1228,11 @@ impl Gossip {
 
     fn on_pending_timeout(&mut self, peer: PeerId) {
         let now = self.now;
-        if self.pending.get(&peer).is_some_and(|p| p.deadline <= now) {
+        if self
+            .pending
+            .get(&peer)
+            .is_some_and(|d| Timestamp(*d) <= now)
+        {
             self.pending.remove(&peer);
             if let Some(e) = self.table.get_mut(&peer) {
                 e.rejected_at = Some(now);
@@ -1294,9 +1377,13 @@ impl Gossip {
                 },
             );
         }
+        // A membership-only build has nothing to graft: it ignores them.
+        #[cfg(feature = "broadcast")]
         if !have.is_empty() {
             self.on_ihave(from, have);
         }
+        #[cfg(not(feature = "broadcast"))]
+        let _ = have;
     }
 
     fn on_heartbeat_tick(&mut self) {
@@ -1342,6 +1429,7 @@ impl Gossip {
                 },
             );
         }
+        #[cfg(feature = "broadcast")]
         self.trim_cache();
         self.probe();
         self.repair();
@@ -1455,9 +1543,26 @@ impl Gossip {
             }
         }
     }
+}
 
-    // ---- dissemination (Plumtree) -------------------------------------
+// ---- dissemination (Plumtree) -------------------------------------------
+//
+// Compiled out without the `broadcast` feature (the browser's node uses
+// gossip for membership only): such a build has no Gossip, IHave, Graft or
+// Prune messages (its codec refuses them as malformed, counted in
+// `CodecStats::malformed`), sends no lazy announcements and ignores the
+// ones that ride on heartbeats.
 
+/// Without dissemination there is nothing to announce.
+#[cfg(not(feature = "broadcast"))]
+impl Gossip {
+    fn recent_for(&self, _peer: &PeerId) -> Vec<Have> {
+        Vec::new()
+    }
+}
+
+#[cfg(feature = "broadcast")]
+impl Gossip {
     fn broadcast_inner(&mut self, payload: Payload) -> Result<MsgId, GossipError> {
         if payload.len() > MAX_PAYLOAD {
             return Err(GossipError::PayloadTooLarge {
