@@ -97,6 +97,10 @@ pub struct Host {
     started: Instant,
     /// Events for the command to report (durability, peers, rejections).
     pub events: Vec<Event>,
+    /// Outputs of calls that return none (`set`, imports, opening): the
+    /// next [`Host::drain`] returns them, so a change made while a network
+    /// loop runs is sent at once.
+    unsent: Vec<Output>,
 }
 
 impl std::fmt::Debug for Host {
@@ -112,11 +116,16 @@ impl Host {
     /// Opens the store and the identity. `pinning` makes this node count
     /// for `stored-remotely` (a serving daemon).
     pub fn open(store: Store, pinning: bool) -> Result<Host, HostError> {
-        let identity = store.identity()?;
         let config = NodeConfig {
             pinning,
             ..NodeConfig::default()
         };
+        Host::open_with(store, config)
+    }
+
+    /// [`Host::open`] with a node configuration of one's own.
+    pub fn open_with(store: Store, config: NodeConfig) -> Result<Host, HostError> {
+        let identity = store.identity()?;
         Ok(Host {
             replica: Replica::new(identity, config, os_seed()?),
             store,
@@ -124,6 +133,7 @@ impl Host {
             rooms: BTreeMap::new(),
             started: Instant::now(),
             events: Vec::new(),
+            unsent: Vec::new(),
         })
     }
 
@@ -208,8 +218,7 @@ impl Host {
             .open(now, doc, access, loaded.envelopes.iter().map(Vec::as_slice))?;
         self.logs.insert(doc, log);
         self.rooms.insert(room, doc);
-        self.drain()?;
-        Ok(())
+        self.keep_unsent()
     }
 
     /// Opens every document in the store.
@@ -243,8 +252,7 @@ impl Host {
         let now = self.now();
         self.replica
             .change(now, doc, |tx| put_json(tx, &ROOT, Prop::Key(key), value))?;
-        self.drain()?;
-        Ok(())
+        self.keep_unsent()
     }
 
     /// Imports every change of an Automerge document into `doc`.
@@ -260,8 +268,7 @@ impl Host {
             .collect();
         let now = self.now();
         self.replica.import(now, doc, changes)?;
-        self.drain()?;
-        Ok(())
+        self.keep_unsent()
     }
 
     /// Feeds an input and drains the outputs.
@@ -274,7 +281,7 @@ impl Host {
     /// Writes `Persist` outputs to disk and acknowledges them; returns
     /// what a network host must act on (sends, timers).
     pub fn drain(&mut self) -> Result<Vec<Output>, HostError> {
-        let mut rest = Vec::new();
+        let mut rest = std::mem::take(&mut self.unsent);
         while let Some(out) = self.replica.poll() {
             match out {
                 Output::Persist {
@@ -293,6 +300,15 @@ impl Host {
             }
         }
         Ok(rest)
+    }
+}
+
+impl Host {
+    /// Drains, keeping the outputs for the next [`Host::drain`].
+    fn keep_unsent(&mut self) -> Result<(), HostError> {
+        let outs = self.drain()?;
+        self.unsent = outs;
+        Ok(())
     }
 }
 

@@ -19,4 +19,5 @@
 pub mod compact;
 pub mod host;
 pub mod net;
+pub mod rtc;
 pub mod store;

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use std::time::Duration;
 
 use mycel_core::crypto::Rng;
+use mycel_core::gossip::GossipConfig;
 use mycel_core::id::{PinLink, ShareLink};
+use mycel_core::node::NodeConfig;
 use mycel_node::host::{Host, HostError, compact_doc, os_seed, to_json};
-use mycel_node::net::{self, Mode, Outcome};
+use mycel_node::net::{self, DirectOptions, Mode, Options, Outcome};
 use mycel_node::store::DocEntry;
 use mycel_node::store::Store;
 
@@ -75,6 +77,23 @@ enum Command {
         /// fail over between.
         #[arg(long, env = "MYCEL_RELAY", value_delimiter = ',', required = true)]
         relay: Vec<String>,
+        /// Also link directly with peers (WebRTC data channels over UDP);
+        /// the relay carries the signaling and stays the fallback. Peers
+        /// then learn this host's addresses.
+        #[arg(long, env = "MYCEL_DIRECT")]
+        direct: bool,
+        /// Addresses offered for direct links (comma-separated or
+        /// repeated); default: every interface's (loopback only if there
+        /// is no other).
+        #[arg(long, env = "MYCEL_DIRECT_IP", value_delimiter = ',')]
+        direct_ip: Vec<std::net::IpAddr>,
+        /// UDP port for direct links (0: a free one).
+        #[arg(long, env = "MYCEL_DIRECT_PORT", default_value_t = 0)]
+        direct_port: u16,
+        /// Log each peer's bytes (direct, through the relay) this often,
+        /// in seconds, and at exit; 0: only at exit.
+        #[arg(long, env = "MYCEL_TRAFFIC_EVERY", default_value_t = 60)]
+        traffic_every: u64,
     },
     /// Shrink the store: replace each document's envelopes with an
     /// encrypted snapshot (all documents with a key, or the one of LINK).
@@ -176,16 +195,42 @@ fn run(cli: Cli) -> Result<(), String> {
             host.open_pin(&pin).map_err(err)?;
             eprintln!("pinned {}; `mycel-node serve` keeps it available", pin.doc);
         }
-        Command::Serve { relay } => {
-            let mut host = Host::open(store, true).map_err(err)?;
+        Command::Serve {
+            relay,
+            direct,
+            direct_ip,
+            direct_port,
+            traffic_every,
+        } => {
+            let config = NodeConfig {
+                pinning: true,
+                // Gossip picks the peers to link with (protocol.md §5.3).
+                mesh: direct.then(GossipConfig::default),
+                ..NodeConfig::default()
+            };
+            let mut host = Host::open_with(store, config).map_err(err)?;
             host.open_all().map_err(err)?;
             eprintln!(
                 "serving {} document(s) through {}",
                 host.store.docs().len(),
                 relay.join(", ")
             );
+            let options = Options {
+                direct: direct.then_some(DirectOptions {
+                    ips: direct_ip,
+                    port: direct_port,
+                }),
+                traffic_every: (traffic_every > 0).then(|| Duration::from_secs(traffic_every)),
+                ..Options::default()
+            };
             runtime()?
-                .block_on(net::run(&mut host, &relay, Mode::Serve, shutdown_signal()))
+                .block_on(net::run_with(
+                    &mut host,
+                    &relay,
+                    Mode::Serve,
+                    shutdown_signal(),
+                    options,
+                ))
                 .map_err(err)?;
             eprintln!("stopped");
         }
