@@ -70,6 +70,8 @@ pub mod id;
 pub mod log;
 pub mod node;
 pub mod relay_link;
+#[cfg(feature = "automerge")]
+pub mod snapshot;
 pub mod sync;
 pub mod time;
 pub mod wire;

@@ -514,6 +514,20 @@ export class DocHandle {
   }
 
   /**
+   * Compacts the document's storage in this browser into an encrypted
+   * snapshot; resolves to `{ covered, kept }`. Peers still receive every
+   * change. Rejects with StorageError if this build has no snapshots.
+   */
+  async compact() {
+    const engine = this.#repo._engine();
+    // Builds without the wasm feature `snapshots` (the published package) have no compact().
+    if (typeof engine.compact !== "function") {
+      throw new StorageError("this build of mycel cannot compact: it was built without the `snapshots` feature of mycel-wasm");
+    }
+    return callAsync(() => engine.compact(this.#id));
+  }
+
+  /**
    * Sets this tab's presence in the document ("who is here"): any JSON
    * value, e.g. `{ name, colour }`, at most 1 KiB as JSON; `null` to leave.
    * Sealed under the document key, signed, sent to the document's peers,
@@ -710,6 +724,11 @@ export class Repo {
     await callAsync(() => this._engine().flushed());
   }
 
+  /** Compacts every document's storage in turn (see `DocHandle.compact`). */
+  async compact() {
+    for (const doc of this.documents()) await doc.compact();
+  }
+
   /** Waits for pending writes, then closes the relay link and the database. */
   async close() {
     if (!this.#engine) return;
@@ -775,7 +794,14 @@ function rtcGlue(event) {
 // The page keeps a copy of each document's value: `value()` reads it,
 // `change(fn)` records operations on it and posts them to the worker (a
 // change the engine refuses is reported by the repo's "error" event, and
-// the copy is refreshed), and every change event brings the new value.
+// the copy is refreshed), and every change event brings its patches.
+//
+// The page's value is the worker's document (`#confirmed`, kept from the
+// patches of every change event with the same applyPatches as the direct
+// mode) with the page's own changes the worker has not reported yet
+// (`#pending`, their recorded operations) replayed on top: a remote change
+// arriving meanwhile never undoes an optimistic local edit, and a local
+// change's own event replaces its replayed operations.
 
 // Values from the worker are frozen and shared: copying a large document
 // for every read would itself block the page.
@@ -791,11 +817,46 @@ function remoteError(e) {
   return new Class(e?.message ?? String(e));
 }
 
+// The recorded operations of a change (see value.rs), replayed on a frozen
+// value: the containers on their paths are copied, the rest is shared. An
+// operation that no longer fits (a remote change removed its target) is
+// skipped: the worker's answer to it arrives with the change's own event.
+function replay(root, ops) {
+  const fresh = new Set();
+  const own = (v) => {
+    if (!isContainer(v)) throw new Error("not an object");
+    if (fresh.has(v)) return v;
+    const c = shallow(v);
+    fresh.add(c);
+    return c;
+  };
+  root = own(root);
+  for (const [kind, path, a, b, c] of ops) {
+    try {
+      const last = kind === "splice" ? path.length : path.length - 1;
+      let t = root;
+      for (let i = 0; i < last; i++) t = t[path[i]] = own(t[path[i]]);
+      const key = path[last];
+      const old = t[key];
+      if (kind === "put") t[key] = thaw(a);
+      else if (kind === "del") Array.isArray(t) ? t.splice(key, 1) : delete t[key];
+      else if (kind === "splice") t.splice(a, b, ...c.map(thaw));
+      else if (kind === "text") t[key] = spliceText(typeof old?.[TEXT] === "string" ? old[TEXT] : String(old ?? ""), a, b, c);
+    } catch {
+      // skipped: see above
+    }
+  }
+  return deepFreeze(root);
+}
+
 class WorkerDocHandle {
   #repo;
   #id;
   #links;
   #value;
+  #confirmed;
+  #pending = [];
+  #stale = false;
   #presence = new Map();
   #listeners = new Listeners();
 
@@ -803,7 +864,7 @@ class WorkerDocHandle {
     this.#repo = repo;
     this.#id = info.id;
     this.#links = { share: info.shareLink, pin: info.pinLink };
-    this.#value = deepFreeze(info.value);
+    this.#value = this.#confirmed = deepFreeze(info.value);
   }
   get id() {
     return this.#id;
@@ -819,12 +880,49 @@ class WorkerDocHandle {
     fn(draft);
     if (ops.length > 0) {
       this.#value = deepFreeze(root);
-      this.#repo._request("change", [this.#id, ops]).catch((e) => {
+      this.#pending.push(ops);
+      // A change that made an event was settled by it (the worker posts the
+      // event before its answer); one that made none (refused, or no
+      // effect) is dropped from the replayed ones here.
+      const settle = () => {
+        const i = this.#pending.indexOf(ops);
+        if (i >= 0) {
+          this.#pending.splice(i, 1);
+          this.#rebase();
+        }
+      };
+      this.#repo._request("change", [this.#id, ops]).then(settle, (e) => {
         this.#repo._fire("error", { doc: this.#id, name: e.name, message: e.message });
-        this.#repo._request("value", [this.#id]).then((v) => (this.#value = deepFreeze(v)), () => {});
+        settle();
       });
     }
-    return root;
+    return this.#value;
+  }
+  #rebase() {
+    let v = this.#confirmed;
+    for (const ops of this.#pending) v = replay(v, ops);
+    this.#value = v;
+  }
+  // A change event: its patches update the worker's document here.
+  #patched(payload, value) {
+    if (payload.local) this.#pending.shift();
+    if (value !== undefined) {
+      this.#confirmed = deepFreeze(value);
+      this.#stale = false;
+    } else if (!this.#stale) {
+      try {
+        this.#confirmed = applyPatches(this.#confirmed, payload.patches);
+      } catch (e) {
+        // Read it again; events until the answer are in the value read.
+        this.#stale = true;
+        this.#repo._request("value", [this.#id]).then((v) => this.#patched({}, v), () => {});
+        this.#repo._fire("warning", { doc: this.#id, message: `a change's patches did not fit the document's value, which is read again: ${e.message}` });
+      }
+    }
+    this.#rebase();
+  }
+  async compact() {
+    return this.#repo._request("compact", [this.#id]);
   }
   subscribe(cb) {
     return this.#listeners.on("change", (e) => cb({ value: this.value(), patches: e.patches, local: e.local, doc: this }));
@@ -857,7 +955,7 @@ class WorkerDocHandle {
     return waitSynced(this.#id, () => this.#repo.status, options);
   }
   _fire(kind, payload, value) {
-    if (value !== undefined) this.#value = deepFreeze(value);
+    if (kind === "change") this.#patched(payload, value);
     if (kind === "presence") {
       if (payload.state === null) this.#presence.delete(payload.peer);
       else this.#presence.set(payload.peer, payload.state);
@@ -959,6 +1057,9 @@ class WorkerRepo {
   }
   async flush() {
     await this._request("flush");
+  }
+  async compact() {
+    for (const doc of this.documents()) await doc.compact();
   }
   async close() {
     if (!this.#worker) return;

@@ -1,8 +1,10 @@
 // The engine of a `Repo.open({ worker: true })`: runs in a module Worker and
 // answers the page's requests `{ id, method, args }` with `{ id, result }` or
 // `{ id, error: { name, message } }`; pushes `{ type: "event", kind, payload,
-// value }` for every repo event (with the document's new value on "change"),
-// and the repo status with every message.
+// value }` for every repo event, and the repo status with every message. A
+// "change" event carries its patches, which cost what the change did; the
+// document's whole value comes only with a `reset` (patches could not be
+// recorded), so a large document's change stays cheap on the page.
 import { Repo } from "./index.js";
 
 let repo = null;
@@ -19,7 +21,7 @@ async function handle(method, args) {
       repo = await Repo.open({ relay, name, base, wasm });
       for (const kind of KINDS) {
         repo.on(kind, (payload) => {
-          const value = kind === "change" ? repo._handle(payload.doc).value() : undefined;
+          const value = kind === "change" && payload.reset ? repo._handle(payload.doc).value() : undefined;
           postMessage({ type: "event", kind, payload, value, status: status() });
         });
       }
@@ -39,6 +41,8 @@ async function handle(method, args) {
     case "setPresence":
       repo._handle(args[0]).setPresence(args[1] === "" ? null : JSON.parse(args[1]));
       return null;
+    case "compact":
+      return repo._handle(args[0]).compact();
     case "flush":
       return repo.flush();
     case "close":

@@ -30,6 +30,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod compact;
 pub mod error;
 pub mod link;
 mod rtc;
@@ -177,6 +178,15 @@ struct Inner {
     /// reported saved on top of a write that did not happen.
     write_failed: Option<String>,
     closed: bool,
+    /// Signs snapshot parts (the node keeps its own copy).
+    #[cfg_attr(not(feature = "snapshots"), allow(dead_code))]
+    identity: Identity,
+    /// Per document: whole envelopes to store before the next compaction.
+    #[cfg_attr(not(feature = "snapshots"), allow(dead_code))]
+    compact_left: BTreeMap<DocId, u64>,
+    /// An automatic compaction is scheduled or running.
+    #[cfg_attr(not(feature = "snapshots"), allow(dead_code))]
+    compacting: bool,
 }
 
 /// Runs `f` on the engine behind `me`, if it still exists.
@@ -224,7 +234,16 @@ impl Inner {
     }
 
     /// Opens a document in the node with what the store holds of it.
-    fn open_doc(&mut self, doc: DocId, key: DocKey, stored: &[Vec<u8>]) -> Result<(), HostError> {
+    /// `records`: its stored snapshot parts (the first `parts`) and envelopes.
+    fn open_doc(
+        &mut self,
+        doc: DocId,
+        key: DocKey,
+        records: Vec<Vec<u8>>,
+        parts: usize,
+    ) -> Result<(), HostError> {
+        let whole = (records.len() - parts) as u64;
+        let (stored, covered) = compact::envelopes(doc, &key, records, parts)?;
         let now = self.now();
         self.replica.open(
             now,
@@ -240,6 +259,7 @@ impl Inner {
         self.replica.record_patches(doc)?;
         let heads = self.replica.doc(doc).map(|d| d.heads()).unwrap_or_default();
         self.heads.insert(doc, heads);
+        self.count_stored(doc, whole, Some(covered));
         Ok(())
     }
 
@@ -287,6 +307,9 @@ impl Inner {
         let Some(store) = self.store.clone() else {
             return;
         };
+        for (doc, _, records) in &writes {
+            self.count_stored(*doc, records.len() as u64, None);
+        }
         let mut acks: BTreeMap<DocId, u64> = BTreeMap::new();
         let started = store.write().and_then(|w| {
             for (doc, batch, records) in &writes {
@@ -800,7 +823,7 @@ impl Engine {
         let weak = Rc::downgrade(&self.inner);
         Ok(future_to_promise(async move {
             // Envelopes another tab may already hold for the room.
-            let stored = store.envelopes(&room_id(&key, &doc)).await?;
+            let (stored, parts) = store.records(&room_id(&key, &doc)).await?;
             let w = store.write()?;
             w.doc(&doc, &key)?;
             // The entry commits before any envelope of the document (write
@@ -808,7 +831,7 @@ impl Engine {
             let mut opened = Ok(());
             with(&weak, |i| {
                 if !i.keys.contains_key(&doc) {
-                    opened = i.open_doc(doc, key, &stored);
+                    opened = i.open_doc(doc, key, stored, parts);
                     // Other tabs dropped the vectors they sent for this
                     // document while it was not open here: a hello makes
                     // them start afresh, so live pushes flow at once
@@ -860,8 +883,8 @@ impl Engine {
         };
         let mut docs = Vec::new();
         for (doc, key) in store.docs().await? {
-            let stored = store.envelopes(&room_id(&key, &doc)).await?;
-            docs.push((doc, key, stored));
+            let (stored, parts) = store.records(&room_id(&key, &doc)).await?;
+            docs.push((doc, key, stored, parts));
         }
         // Direct links on: each document's gossip swarm picks the peers
         // to link with (`LinkWanted`).
@@ -871,7 +894,8 @@ impl Engine {
                 .then(mycel_core::gossip::GossipConfig::default),
             ..NodeConfig::default()
         };
-        let replica = Replica::new(Identity::from_secret(secret), config, random32()?);
+        let identity = Identity::from_secret(secret);
+        let replica = Replica::new(identity.clone(), config, random32()?);
         let inner = Rc::new_cyclic(|me: &Weak<RefCell<Inner>>| {
             let (a, b) = (me.clone(), me.clone());
             RefCell::new(Inner {
@@ -902,12 +926,15 @@ impl Engine {
                 tabs: None,
                 rtc: glue.filter(|_| rtc.is_object()).map(|g| (rtc, g)),
                 conns: Vec::new(),
+                identity,
+                compact_left: BTreeMap::new(),
+                compacting: false,
             })
         });
         {
             let mut i = inner.borrow_mut();
-            for (doc, key, stored) in docs {
-                i.open_doc(doc, key, &stored)?;
+            for (doc, key, stored, parts) in docs {
+                i.open_doc(doc, key, stored, parts)?;
             }
             i.open_tabs(&name, slot);
             i.connect();
@@ -1048,6 +1075,20 @@ impl Engine {
     /// each side holds everything the other holds.
     pub fn status(&self) -> Result<JsValue, JsValue> {
         Ok(self.inner()?.status())
+    }
+
+    /// Compacts a document's storage into an encrypted snapshot (see
+    /// `compact.rs`); resolves to `{ covered, kept }` (envelopes now held
+    /// by the snapshot, envelopes stored whole). Only in builds with the
+    /// `snapshots` feature (the package's `compact()` says so otherwise).
+    #[cfg(feature = "snapshots")]
+    pub fn compact(&self, doc: &str) -> Result<Promise, JsValue> {
+        let doc = parse_doc(doc)?;
+        self.inner()?.check_open()?;
+        let me = Rc::downgrade(&self.inner);
+        Ok(future_to_promise(async move {
+            Ok(compact::run(me, doc).await?)
+        }))
     }
 
     /// Resolves when every write begun so far has completed.

@@ -1,8 +1,10 @@
 //! The browser store: IndexedDB (DESIGN §5).
 //!
 //! Object stores: `envelopes` keyed by `[room, author, seq]` (ids in their
-//! base64url text form), `snapshots` keyed by room, `identities` keyed by
-//! author slot, `docs` keyed by document id (the document key as text).
+//! base64url text form), `snapshots` keyed by `[room, part envelope id]`
+//! (the parts of a document's encrypted snapshots, see
+//! [`mycel_core::snapshot`]), `identities` keyed by author slot, `docs`
+//! keyed by document id (the document key as text).
 //!
 //! Plain web-sys, two connections: one for the reads, one for the writes.
 //! Writes ask for transactions with `durability: "strict"`, and a change
@@ -16,6 +18,8 @@ use js_sys::{Array, Object, Promise, Reflect, Uint8Array};
 use mycel_core::crypto::DocKey;
 use mycel_core::id::{DocId, RoomId, ShareLink};
 use mycel_core::wire::Envelope;
+#[cfg(feature = "snapshots")]
+use mycel_core::wire::EnvelopeKind;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
@@ -103,6 +107,23 @@ async fn open_db(factory: &IdbFactory, name: &str) -> Result<IdbDatabase, HostEr
     db?.dyn_into().map_err(|e| HostError::storage(WHAT, e))
 }
 
+fn envelope_key(room: &RoomId, env: &Envelope) -> JsValue {
+    Array::of3(
+        &room.to_string().into(),
+        &env.author().to_string().into(),
+        &JsValue::from(env.seq() as f64),
+    )
+    .into()
+}
+
+#[cfg(feature = "snapshots")]
+/// A part's envelope id names it: parts of two snapshots never collide, so
+/// two tabs compacting at once each keep a snapshot that covers what it
+/// deleted (loading rebuilds both).
+fn part_key(room: &RoomId, part: &Envelope) -> JsValue {
+    Array::of2(&room.to_string().into(), &part.id().to_string().into()).into()
+}
+
 fn room_bounds(room: &RoomId) -> Result<IdbKeyRange, HostError> {
     let text = JsValue::from(room.to_string());
     // Array keys compare element by element and an array sorts above every
@@ -160,10 +181,18 @@ impl Store {
             .collect())
     }
 
-    /// The stored envelopes of a room, as the node wants them.
-    pub async fn envelopes(&self, room: &RoomId) -> Result<Vec<Vec<u8>>, HostError> {
+    /// The stored records of a room: its snapshot parts, then its
+    /// envelopes (see [`mycel_core::snapshot::load`]), and how many parts.
+    pub async fn records(&self, room: &RoomId) -> Result<(Vec<Vec<u8>>, usize), HostError> {
+        let mut records = self.room_records(SNAPSHOTS, room).await?;
+        let parts = records.len();
+        records.extend(self.room_records(ENVELOPES, room).await?);
+        Ok((records, parts))
+    }
+
+    async fn room_records(&self, store: &str, room: &RoomId) -> Result<Vec<Vec<u8>>, HostError> {
         let values = result(
-            self.read(ENVELOPES)?
+            self.read(store)?
                 .get_all_with_key(&room_bounds(room)?.into()),
             "cannot read the envelopes",
         )
@@ -180,7 +209,16 @@ impl Store {
     pub fn write(&self) -> Result<Write, HostError> {
         let options = Object::new();
         let _ = Reflect::set(&options, &"durability".into(), &"strict".into());
+        // Snapshots are written only by builds that make them.
+        #[cfg(not(feature = "snapshots"))]
         let stores = Array::of3(&ENVELOPES.into(), &IDENTITIES.into(), &DOCS.into());
+        #[cfg(feature = "snapshots")]
+        let stores = Array::of4(
+            &ENVELOPES.into(),
+            &SNAPSHOTS.into(),
+            &IDENTITIES.into(),
+            &DOCS.into(),
+        );
         let tx = self
             .raw
             .unchecked_ref::<DurableDb>()
@@ -217,12 +255,36 @@ impl Write {
     }
 
     pub fn envelope(&self, room: &RoomId, env: &Envelope) -> Result<(), HostError> {
-        let key = Array::of3(
-            &room.to_string().into(),
-            &env.author().to_string().into(),
-            &JsValue::from(env.seq() as f64),
-        );
-        self.put(ENVELOPES, &key, &Uint8Array::from(env.bytes()).into())
+        self.put(
+            ENVELOPES,
+            &envelope_key(room, env),
+            &Uint8Array::from(env.bytes()).into(),
+        )
+    }
+
+    /// Stores a snapshot part (an envelope of kind snapshot).
+    #[cfg(feature = "snapshots")]
+    pub fn snapshot_part(&self, room: &RoomId, part: &Envelope) -> Result<(), HostError> {
+        self.put(
+            SNAPSHOTS,
+            &part_key(room, part),
+            &Uint8Array::from(part.bytes()).into(),
+        )
+    }
+
+    /// Deletes a stored record (an envelope or a snapshot part) of `room`.
+    #[cfg(feature = "snapshots")]
+    pub fn delete(&self, room: &RoomId, record: &Envelope) -> Result<(), HostError> {
+        let (store, key) = if record.header().kind == EnvelopeKind::Snapshot {
+            (SNAPSHOTS, part_key(room, record))
+        } else {
+            (ENVELOPES, envelope_key(room, record))
+        };
+        self.tx
+            .object_store(store)
+            .and_then(|s| s.delete(&key))
+            .map(|_| ())
+            .map_err(|e| HostError::storage("cannot write", e))
     }
 
     pub fn identity(&self, slot: u32, secret: &[u8; 32]) -> Result<(), HostError> {

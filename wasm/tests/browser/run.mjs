@@ -456,6 +456,51 @@ test("the change API: nested lists, collaborative text, typed change errors", as
   await p.evaluate(() => window.repo.close());
 });
 
+test("worker mode: remote changes arrive as patches, and optimistic local edits survive them", async () => {
+  const [w, plain] = [await page(), await page()];
+  const link = await w.evaluate(async (relay) => {
+    window.changes = [];
+    window.repo = await window.mycel.Repo.open({ relay, worker: true });
+    window.doc = await window.repo.create();
+    window.doc.subscribe((e) => window.changes.push({ local: e.local, patches: e.patches.length }));
+    window.doc.change((d) => { d.items = ["w0"]; d.n = 0; });
+    await window.repo.flush();
+    return window.doc.shareLink();
+  }, relay.url);
+  await openRepo(plain, relay.url);
+  await plain.evaluate(async (link) => {
+    window.doc = await window.repo.find(link);
+    await window.doc.synced({ timeout: 15000 });
+  }, link);
+  await until(plain, () => window.doc.value().items?.length === 1, null, "the plain page to receive the list");
+  // Concurrent: the plain page edits while the worker page makes several
+  // optimistic changes in a row, without waiting for the worker.
+  await plain.evaluate(() => {
+    for (let i = 0; i < 20; i++) window.doc.change((d) => { d.items.push(`p${i}`); d.remote = i; });
+  });
+  await w.evaluate(async () => {
+    for (let i = 1; i <= 20; i++) {
+      window.doc.change((d) => { d.items.push(`w${i}`); d.n = i; });
+      if (window.doc.value().n !== i) throw new Error("an optimistic edit was lost");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  });
+  await until(w, () => window.doc.value().items.length === 41 && window.doc.value().remote === 19, null, "every change in the worker page");
+  await until(plain, () => window.doc.value().items.length === 41, null, "every change in the plain page");
+  const result = await w.evaluate(async () => ({
+    page: JSON.stringify(window.doc.value()),
+    worker: JSON.stringify(await window.repo._request("value", [window.doc.id])),
+    remote: window.changes.filter((c) => !c.local),
+  }));
+  const other = await plain.evaluate(() => JSON.stringify(window.doc.value()));
+  assert.equal(result.page, result.worker, "the page's value is the worker's document");
+  assert.equal(result.page, other, "and the other repo's");
+  assert.ok(result.remote.length > 0 && result.remote.every((c) => c.patches > 0), JSON.stringify(result.remote));
+  const compact = await w.evaluate(() => window.doc.compact().then(() => "compacted", (e) => e.name));
+  assert.ok(["compacted", "StorageError"].includes(compact), compact);
+  for (const p of [w, plain]) await p.evaluate(() => window.repo.close());
+});
+
 test("the engine in a dedicated Worker: syncs, and a large document makes no main-thread long task", async () => {
   const [w, plain] = [await page(), await page()];
   const link = await w.evaluate(async (relay) => {
