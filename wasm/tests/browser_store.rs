@@ -41,21 +41,21 @@ async fn store_round_trip() {
     let docs = store.docs().await.unwrap();
     assert_eq!(docs.len(), 1);
     assert!(docs[0].0 == doc && docs[0].1 == key);
-    let stored = store.envelopes(&keys.room()).await.unwrap();
+    let stored = store.records(&keys.room()).await.unwrap().0;
     let expected: Vec<Vec<u8>> = envs.iter().map(|e| e.bytes().to_vec()).collect();
     assert_eq!(
         stored, expected,
         "a room's envelopes come back in seq order"
     );
     assert!(
-        store.envelopes(&RoomId([0; 32])).await.unwrap().is_empty(),
+        store.records(&RoomId([0; 32])).await.unwrap().0.is_empty(),
         "another room holds nothing"
     );
     // Writing the same (room, author, seq) again replaces, never duplicates.
     let w = store.write().expect("begin");
     w.envelope(&keys.room(), &envs[0]).expect("envelope");
     w.done().await.expect("commit");
-    assert_eq!(store.envelopes(&keys.room()).await.unwrap().len(), 3);
+    assert_eq!(store.records(&keys.room()).await.unwrap().0.len(), 3);
     store.close();
 }
 
