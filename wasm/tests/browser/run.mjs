@@ -10,32 +10,15 @@
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { Nats, Relay, freePort } from "./relay.mjs";
-import { CHROMIUM_ARGS, serveStatic } from "./serve.mjs";
+import { CHROMIUM_ARGS, serveStatic, suiteSetup } from "./serve.mjs";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
-const relayBin = process.env.MYCEL_RELAY_BIN;
-const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const { pkgDir, relayBin, chromiumPath } = suiteSetup("browser tests", here);
 const WAIT = 20_000; // the longest any single wait may take
-
-// The whole run is bounded too: a hang is a failure, never a stuck CI.
-const watchdog = setTimeout(() => {
-  console.error("browser tests: still running after 300 s; giving up");
-  process.exit(1);
-}, 300_000);
-watchdog.unref();
-
-for (const [what, p] of [["the npm package (cargo xtask dist)", path.join(pkgDir, "index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
-  if (!p || !existsSync(p)) {
-    console.error(`browser tests: ${what} not found at ${p || "(unset)"}`);
-    process.exit(1);
-  }
-}
 
 let browser, server, base, relay;
 const contexts = [];

@@ -1,6 +1,7 @@
 // A static file server on 127.0.0.1 and the Chromium flags, shared by the
 // browser tests (run.mjs) and the wasm benchmark (wasm/bench/run.mjs).
 import { createServer } from "node:http";
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 
@@ -45,4 +46,27 @@ export function serveStatic({ files = {}, dirs = {} }) {
     }
   });
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+/**
+ * What a browser suite needs, checked before anything starts (a clear
+ * message and exit 1 when missing), and a watchdog that fails the whole
+ * run after `limitS` seconds: a hang is a failure, never a stuck CI.
+ */
+export function suiteSetup(name, here, limitS = 300) {
+  const pkgDir = path.resolve(process.env.MYCEL_PKG_DIR ?? path.join(here, "../../pkg"));
+  const relayBin = process.env.MYCEL_RELAY_BIN;
+  const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+  const watchdog = setTimeout(() => {
+    console.error(`${name}: still running after ${limitS} s; giving up`);
+    process.exit(1);
+  }, limitS * 1000);
+  watchdog.unref();
+  for (const [what, p] of [["the npm package (cargo xtask dist)", path.join(pkgDir, "index.js")], ["mycel-relay (MYCEL_RELAY_BIN)", relayBin ?? ""], ["Chromium", chromiumPath]]) {
+    if (!p || !existsSync(p)) {
+      console.error(`${name}: ${what} not found at ${p || "(unset)"}`);
+      process.exit(1);
+    }
+  }
+  return { pkgDir, relayBin, chromiumPath };
 }
