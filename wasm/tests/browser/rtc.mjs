@@ -163,13 +163,16 @@ test("a data channel killed mid-sync falls back to the relay without loss", asyn
   // A large batch of changes (about 2 MB); once 256 KB of it went on the
   // channel, A's connection is closed from the page, with the rest in
   // flight or still to send.
-  // B records any moment without the link: A's gossip may want B again
-  // and link anew at once, so "not direct" can be brief.
-  await b.evaluate((id) => {
-    const watch = setInterval(() => {
-      if (window.repo.status.peers[id]?.direct !== true) { window.dropped = true; clearInterval(watch); }
-    }, 5);
-  }, await a.evaluate(() => window.repo.peerId));
+  // Each side records any moment without the link: gossip may want the
+  // peer again and link anew at once, so "not direct" can be brief.
+  const idA = await a.evaluate(() => window.repo.peerId);
+  for (const [p, other] of [[a, idB], [b, idA]]) {
+    await p.evaluate((id) => {
+      const watch = setInterval(() => {
+        if (window.repo.status.peers[id]?.direct !== true) { window.dropped = true; clearInterval(watch); }
+      }, 5);
+    }, other);
+  }
   const before = await a.evaluate(() => window.repo.status.bytesDirect);
   await a.evaluate(() => {
     const chunk = "x".repeat(4000);
@@ -182,7 +185,7 @@ test("a data channel killed mid-sync falls back to the relay without loss", asyn
     return true;
   }, before, "256 KB of the batch on the channel");
   assert.ok((await a.evaluate(() => window.pcs.length)) >= 1, "A had a connection to close");
-  await until(a, (id) => window.repo.status.peers[id]?.direct !== true, idB, "A to drop the direct link");
+  await until(a, () => window.dropped === true, null, "A to drop the direct link");
   await until(b, () => window.dropped === true, null, "B to drop the direct link");
   await until(b, () => window.doc.value().a.length === 500, null, "B to receive every change through the relay", 60_000);
   const [va, vb] = [await a.evaluate(() => window.doc.value()), await b.evaluate(() => window.doc.value())];
